@@ -1,0 +1,179 @@
+"""The contract every hypervisor backend fulfils, and its plain records.
+
+A backend reads usage for the nova instances on one host and returns the
+records below. Callers never see a hypervisor library's own exceptions:
+backends map them to the exceptions defined here.
+
+Counters that a backend cannot provide are ``None`` (absent), never 0.
+"""
+
+import abc
+import dataclasses
+import datetime
+
+# nova's power_state codes (nova/compute/power_state.py); duplicated here so
+# that the readers do not import nova.
+NOSTATE = 0
+RUNNING = 1
+PAUSED = 3
+SHUTDOWN = 4
+CRASHED = 6
+SUSPENDED = 7
+
+POWER_STATE_NAMES = {
+    NOSTATE: 'pending',
+    RUNNING: 'running',
+    PAUSED: 'paused',
+    SHUTDOWN: 'shutdown',
+    CRASHED: 'crashed',
+    SUSPENDED: 'suspended',
+}
+
+
+class UsageReaderError(Exception):
+    """Base of every error a usage reader raises."""
+
+
+class HypervisorUnavailable(UsageReaderError):
+    """The hypervisor could not be reached; the next read tries again."""
+
+
+class InstanceNotFound(UsageReaderError):
+    """No nova instance with that uuid runs on this host."""
+
+
+class DeviceNotFound(UsageReaderError):
+    """The instance has no disk or interface with that name."""
+
+
+@dataclasses.dataclass(slots=True)
+class Flavor:
+    """The flavor as the hypervisor recorded it when the guest was built."""
+    name: str
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    root_gb: int | None = None
+    ephemeral_gb: int | None = None
+    swap_mb: int | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class DiskUsage:
+    """Cumulative counters of one guest disk since its process started."""
+    device: str
+    read_bytes: int | None = None
+    read_requests: int | None = None
+    write_bytes: int | None = None
+    write_requests: int | None = None
+    errors: int | None = None
+    capacity_bytes: int | None = None
+    # The Cinder volume behind the disk, None for local disks.
+    volume_id: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class InterfaceUsage:
+    """Cumulative counters of one guest interface, seen from the guest.
+
+    ``rx`` is what the guest received (ceilometer's ``incoming``).
+    """
+    name: str
+    mac: str | None = None
+    rx_bytes: int | None = None
+    rx_packets: int | None = None
+    rx_errors: int | None = None
+    rx_drops: int | None = None
+    tx_bytes: int | None = None
+    tx_packets: int | None = None
+    tx_errors: int | None = None
+    tx_drops: int | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class InstanceUsage:
+    """One nova instance's usage as read at ``read_at`` (UTC)."""
+    uuid: str
+    name: str
+    display_name: str | None
+    project_id: str | None
+    user_id: str | None
+    flavor: Flavor | None
+    state: int
+    read_at: datetime.datetime
+    cpu_time_ns: int | None = None
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    disks: list[DiskUsage] = dataclasses.field(default_factory=list)
+    interfaces: list[InterfaceUsage] = dataclasses.field(default_factory=list)
+
+    @property
+    def state_name(self):
+        return POWER_STATE_NAMES.get(self.state, 'unknown')
+
+    def disk(self, device):
+        for disk in self.disks:
+            if disk.device == device:
+                return disk
+        raise DeviceNotFound('instance %s has no disk %s' % (self.uuid, device))
+
+    def interface(self, name_or_mac):
+        wanted = name_or_mac.lower()
+        for iface in self.interfaces:
+            if iface.name == name_or_mac or (iface.mac or '').lower() == wanted:
+                return iface
+        raise DeviceNotFound('instance %s has no interface %s'
+                             % (self.uuid, name_or_mac))
+
+
+class UsageInstanceInfo:
+    """nova's InstanceInfo fields plus the guest's CPU time.
+
+    Used where the driver is not nova's (the CLI); on nova's drivers the
+    mixin adds ``cpu_time_ns`` to nova's own InstanceInfo instead.
+    """
+
+    def __init__(self, state, internal_id=None, cpu_time_ns=None):
+        self.state = state
+        self.internal_id = internal_id
+        self.cpu_time_ns = cpu_time_ns
+
+    def __eq__(self, other):
+        return (self.__class__ == other.__class__ and
+                self.__dict__ == other.__dict__)
+
+    def __repr__(self):
+        return ('UsageInstanceInfo(state=%r, internal_id=%r, cpu_time_ns=%r)'
+                % (self.state, self.internal_id, self.cpu_time_ns))
+
+
+class UsageReader(metaclass=abc.ABCMeta):
+    """Reads usage of the nova instances on one host."""
+
+    @abc.abstractmethod
+    def read_all(self):
+        """Read every nova instance on the host in one cycle.
+
+        :returns: list of :class:`InstanceUsage`, one per nova instance
+            (instances that are not running have no device counters and
+            ``cpu_time_ns`` None). Guests that nova did not create are
+            never included.
+        :raises HypervisorUnavailable: the hypervisor could not be read.
+        """
+
+    @abc.abstractmethod
+    def read_instance(self, uuid, devices=True):
+        """Read one nova instance now, bypassing any bulk path.
+
+        :param uuid: the instance uuid.
+        :param devices: False reads only state and CPU time.
+        :returns: :class:`InstanceUsage`.
+        :raises InstanceNotFound: no nova instance with that uuid here.
+        :raises HypervisorUnavailable: the hypervisor could not be read.
+        """
+
+    def close(self):
+        """Release what the reader holds (connections); optional."""
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,414 @@
+"""libvirt backend of the usage reader.
+
+One cycle is one ``getAllDomainStats`` call asking only for the state, CPU,
+interface and block groups, with NOWAIT so that a domain whose job lock is
+held (a migration) is returned without stats instead of stalling the call.
+Each domain's XML is parsed once and cached by uuid; it is parsed again when
+the domain is restarted or redefined (new domain id) or shows a device the
+cached XML did not have (hot plug).
+
+Where the bulk API is unsupported, or returns no counters for a running
+domain (libvirt's test driver returns only the state group), the reader
+falls back to per-domain calls and says so once in the log.
+
+This is the only module of the package that imports libvirt.
+"""
+
+import threading
+
+import libvirt
+from oslo_log import log as logging
+
+from nova_usage_ext.virt import base
+from nova_usage_ext.virt import domain_xml
+from nova_usage_ext.virt import driver
+
+LOG = logging.getLogger(__name__)
+
+# libvirt's virDomainState to nova's power_state (as nova's libvirt driver
+# maps them).
+POWER_STATE = {
+    libvirt.VIR_DOMAIN_NOSTATE: base.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: base.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: base.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: base.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: base.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: base.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: base.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: base.SUSPENDED,
+}
+
+# States without a guest process, hence without counters.
+INACTIVE_STATES = frozenset((libvirt.VIR_DOMAIN_NOSTATE,
+                             libvirt.VIR_DOMAIN_SHUTOFF,
+                             libvirt.VIR_DOMAIN_CRASHED))
+
+# Errors after which the connection is unusable and must be reopened.
+CONNECTION_ERRORS = frozenset((libvirt.VIR_ERR_NO_CONNECT,
+                               libvirt.VIR_ERR_INVALID_CONN,
+                               libvirt.VIR_ERR_SYSTEM_ERROR,
+                               libvirt.VIR_ERR_RPC))
+
+STAT_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE |
+               libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+               libvirt.VIR_DOMAIN_STATS_INTERFACE |
+               libvirt.VIR_DOMAIN_STATS_BLOCK)
+NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+
+
+def _silence_libvirt_stderr():
+    # libvirt-python's default handler prints every error to stderr; the
+    # reader logs the errors it cares about itself.
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
+
+
+def _positive_or_none(value):
+    # libvirt reports -1 for counters the hypervisor does not keep.
+    if value is None or value < 0:
+        return None
+    return value
+
+
+def is_connection_error(exc):
+    return exc.get_error_code() in CONNECTION_ERRORS
+
+
+class LibvirtConnection:
+    """Opens a libvirt URI on first use and reopens it after it drops."""
+
+    def __init__(self, uri, read_only=True):
+        _silence_libvirt_stderr()
+        self.uri = uri
+        self.read_only = read_only
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                LOG.warning('libvirt connection to %s was lost; reconnecting',
+                            self.uri)
+                self._close_locked()
+            try:
+                if self.read_only:
+                    self._conn = libvirt.openReadOnly(self.uri)
+                else:
+                    self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise base.HypervisorUnavailable(
+                    'cannot connect to libvirt at %s: %s'
+                    % (self.uri, exc.get_error_message()))
+            return self._conn
+
+    def reset(self):
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+
+    close = reset
+
+
+class _CachedDomain:
+    __slots__ = ('domain_id', 'nova', 'device_names')
+
+    def __init__(self, domain_id, nova):
+        self.domain_id = domain_id
+        self.nova = nova
+        names = set()
+        if nova is not None:
+            names.update(dev for dev, _serial in nova.disks)
+            names.update(tap for tap, _mac in nova.interfaces if tap)
+        self.device_names = names
+
+
+class LibvirtUsageReader(base.UsageReader):
+    """Usage of nova's guests through one libvirt connection.
+
+    :param connection: an object with ``get()`` returning a live
+        ``virConnect`` and ``reset()`` dropping it (``LibvirtConnection``,
+        or an adapter over nova's ``Host``).
+    """
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._cache = {}
+        self._cache_lock = threading.Lock()
+        self._bulk = True
+        self._bulk_flags = NOWAIT
+        self._fallback_logged = False
+
+    # -- the contract ------------------------------------------------------
+
+    def read_all(self):
+        conn = self._connection.get()
+        read_at = base.utcnow()
+        try:
+            entries = self._list_with_stats(conn)
+        except libvirt.libvirtError as exc:
+            self._host_error(exc, 'list domains')
+        usages = []
+        seen = set()
+        for dom, stats in entries:
+            try:
+                uuid = dom.UUIDString()
+                seen.add(uuid)
+                usage = self._read_listed(dom, uuid, stats, read_at)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    LOG.debug('Domain %s vanished while being read', dom.name())
+                    continue
+                if is_connection_error(exc):
+                    self._host_error(exc, 'read domain')
+                LOG.warning('Skipping domain %s this cycle: %s',
+                            dom.name(), exc.get_error_message())
+                continue
+            if usage is not None:
+                usages.append(usage)
+        self._prune(seen)
+        return usages
+
+    def read_instance(self, uuid, devices=True):
+        conn = self._connection.get()
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            nova = self._nova_domain(dom, uuid, ())
+            if nova is None:
+                raise base.InstanceNotFound(
+                    'domain %s is not a nova instance' % uuid)
+            return self._read_domain(dom, nova, base.utcnow(), devices)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise base.InstanceNotFound('no domain %s on this host' % uuid)
+            self._host_error(exc, 'read domain %s' % uuid)
+
+    def close(self):
+        self._connection.reset()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _host_error(self, exc, what):
+        if is_connection_error(exc):
+            self._connection.reset()
+        raise base.HypervisorUnavailable(
+            'libvirt failed to %s: %s' % (what, exc.get_error_message()))
+
+    def _list_with_stats(self, conn):
+        if self._bulk:
+            try:
+                return conn.getAllDomainStats(STAT_GROUPS, self._bulk_flags)
+            except libvirt.libvirtError as exc:
+                code = exc.get_error_code()
+                if code == libvirt.VIR_ERR_INVALID_ARG and self._bulk_flags:
+                    # libvirt older than 4.5 does not know NOWAIT.
+                    LOG.warning('libvirt rejects the NOWAIT flag; bulk stats '
+                                'may wait for busy domains')
+                    self._bulk_flags = 0
+                    return conn.getAllDomainStats(STAT_GROUPS, 0)
+                if code != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                LOG.warning('libvirt at %s has no bulk stats API; reading '
+                            'each domain separately', conn.getURI())
+                self._bulk = False
+                self._fallback_logged = True
+        return [(dom, None) for dom in conn.listAllDomains()]
+
+    def _read_listed(self, dom, uuid, stats, read_at):
+        device_names = ()
+        if stats:
+            device_names = [stats.get('block.%d.name' % i)
+                            for i in range(stats.get('block.count', 0))]
+            device_names += [stats.get('net.%d.name' % i)
+                             for i in range(stats.get('net.count', 0))]
+        nova = self._nova_domain(dom, uuid, device_names)
+        if nova is None:
+            return None
+        if stats is None:
+            return self._read_domain(dom, nova, read_at, True)
+        state = stats.get('state.state', libvirt.VIR_DOMAIN_NOSTATE)
+        if state in INACTIVE_STATES:
+            return self._usage(nova, state, read_at, None)
+        if 'cpu.time' not in stats:
+            # The driver fills only the state group (libvirt's test driver
+            # does): read such domains one by one.
+            if not self._fallback_logged:
+                self._fallback_logged = True
+                LOG.warning('libvirt returned no bulk counters; reading '
+                            'such domains one by one')
+            return self._read_domain(dom, nova, read_at, True)
+        # A domain busy with a job (migration) comes back under NOWAIT
+        # without its block group: its disks are missing this cycle only.
+        return self._usage_from_stats(nova, state, stats, read_at)
+
+    def _nova_domain(self, dom, uuid, device_names):
+        """The parsed XML of a domain, from cache or parsed now."""
+        domain_id = dom.ID()
+        cached = self._cache.get(uuid)
+        if (cached is not None and cached.domain_id == domain_id and
+                all(name in cached.device_names or cached.nova is None
+                    for name in device_names if name)):
+            return cached.nova
+        try:
+            nova = domain_xml.parse(dom.XMLDesc(0))
+        except domain_xml.MalformedMetadata as exc:
+            nova = None
+            if cached is None:
+                LOG.warning('Domain %s (%s) has malformed nova metadata and '
+                            'is not reported: %s', dom.name(), uuid, exc)
+        else:
+            if nova is None and cached is None:
+                LOG.info('Domain %s (%s) has no nova metadata; it is not a '
+                         'nova instance and is not reported', dom.name(), uuid)
+        with self._cache_lock:
+            self._cache[uuid] = _CachedDomain(domain_id, nova)
+        return nova
+
+    def _prune(self, seen):
+        with self._cache_lock:
+            for uuid in [u for u in self._cache if u not in seen]:
+                del self._cache[uuid]
+
+    def _usage(self, nova, libvirt_state, read_at, cpu_time_ns):
+        flavor = nova.flavor
+        return base.InstanceUsage(
+            uuid=nova.uuid,
+            name=nova.name,
+            display_name=nova.display_name,
+            project_id=nova.project_id,
+            user_id=nova.user_id,
+            flavor=flavor,
+            state=POWER_STATE.get(libvirt_state, base.NOSTATE),
+            read_at=read_at,
+            cpu_time_ns=cpu_time_ns,
+            vcpus=nova.vcpus if nova.vcpus is not None else flavor.vcpus,
+            memory_mb=(flavor.memory_mb if flavor.memory_mb is not None
+                       else nova.memory_mb),
+        )
+
+    def _usage_from_stats(self, nova, state, stats, read_at):
+        usage = self._usage(nova, state, read_at, stats.get('cpu.time'))
+        volumes = dict(nova.disks)
+        for i in range(stats.get('block.count', 0)):
+            key = 'block.%d.' % i
+            name = stats.get(key + 'name')
+            if name not in volumes:
+                continue  # cdrom, floppy
+            usage.disks.append(base.DiskUsage(
+                device=name,
+                read_bytes=stats.get(key + 'rd.bytes'),
+                read_requests=stats.get(key + 'rd.reqs'),
+                write_bytes=stats.get(key + 'wr.bytes'),
+                write_requests=stats.get(key + 'wr.reqs'),
+                capacity_bytes=stats.get(key + 'capacity'),
+                volume_id=volumes[name]))
+        macs = {tap: mac for tap, mac in nova.interfaces if tap}
+        for i in range(stats.get('net.count', 0)):
+            key = 'net.%d.' % i
+            name = stats.get(key + 'name')
+            usage.interfaces.append(base.InterfaceUsage(
+                name=name,
+                mac=macs.get(name),
+                rx_bytes=stats.get(key + 'rx.bytes'),
+                rx_packets=stats.get(key + 'rx.pkts'),
+                rx_errors=stats.get(key + 'rx.errs'),
+                rx_drops=stats.get(key + 'rx.drop'),
+                tx_bytes=stats.get(key + 'tx.bytes'),
+                tx_packets=stats.get(key + 'tx.pkts'),
+                tx_errors=stats.get(key + 'tx.errs'),
+                tx_drops=stats.get(key + 'tx.drop')))
+        return usage
+
+    def _read_domain(self, dom, nova, read_at, devices):
+        """Per-domain calls: info, then blockStats/interfaceStats."""
+        state, _max_kib, _mem_kib, _nr_vcpus, cpu_time = dom.info()
+        if state in INACTIVE_STATES:
+            return self._usage(nova, state, read_at, None)
+        usage = self._usage(nova, state, read_at, cpu_time)
+        if not devices:
+            return usage
+        for dev, volume_id in nova.disks:
+            try:
+                rd_req, rd_bytes, wr_req, wr_bytes, errs = dom.blockStats(dev)
+                capacity = dom.blockInfo(dev)[0]
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                LOG.debug('No stats for disk %s of %s: %s', dev, nova.name,
+                          exc.get_error_message())
+                continue
+            usage.disks.append(base.DiskUsage(
+                device=dev, read_bytes=rd_bytes, read_requests=rd_req,
+                write_bytes=wr_bytes, write_requests=wr_req,
+                errors=_positive_or_none(errs), capacity_bytes=capacity,
+                volume_id=volume_id))
+        for tap, mac in nova.interfaces:
+            if not tap:
+                continue  # no host-side device (e.g. type='user'): no stats
+            try:
+                (rx_bytes, rx_packets, rx_errs, rx_drop,
+                 tx_bytes, tx_packets, tx_errs, tx_drop) = \
+                    dom.interfaceStats(tap)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                LOG.debug('No stats for interface %s of %s: %s', tap,
+                          nova.name, exc.get_error_message())
+                continue
+            usage.interfaces.append(base.InterfaceUsage(
+                name=tap, mac=mac,
+                rx_bytes=_positive_or_none(rx_bytes),
+                rx_packets=_positive_or_none(rx_packets),
+                rx_errors=_positive_or_none(rx_errs),
+                rx_drops=_positive_or_none(rx_drop),
+                tx_bytes=_positive_or_none(tx_bytes),
+                tx_packets=_positive_or_none(tx_packets),
+                tx_errors=_positive_or_none(tx_errs),
+                tx_drops=_positive_or_none(tx_drop)))
+        return usage
+
+
+class NovaHostConnection:
+    """Adapts nova's libvirt ``Host``, which reconnects by itself."""
+
+    def __init__(self, host):
+        self._host = host
+
+    def get(self):
+        try:
+            return self._host.get_connection()
+        except Exception as exc:  # nova's HypervisorUnavailable and kin
+            raise base.HypervisorUnavailable(
+                'nova has no libvirt connection: %s' % exc)
+
+    def reset(self):
+        pass
+
+
+class LibvirtUsageMixin(driver.UsageDriverMixin):
+    """Usage methods for nova's LibvirtDriver (which owns ``_host``)."""
+
+    @property
+    def usage_reader(self):
+        reader = getattr(self, '_usage_reader', None)
+        if reader is None:
+            reader = LibvirtUsageReader(NovaHostConnection(self._host))
+            self._usage_reader = reader
+        return reader
+
+
+class LibvirtUsageHost(LibvirtUsageMixin):
+    """The same methods over a plain libvirt connection (the CLI, tests)."""
+
+    def __init__(self, connection):
+        self._usage_reader = LibvirtUsageReader(connection)

@@ -1,0 +1,285 @@
+"""The libvirt reader against libvirt's own test driver (in process)."""
+
+import logging
+
+import fixtures
+import libvirt
+import testtools
+
+from nova_usage_ext.virt import base
+from nova_usage_ext.virt import libvirt as libvirt_usage
+from tests import libvirt_calls
+from tests import libvirt_node
+
+
+def _uuid(index):
+    return '00000000-0000-0000-0000-%012x' % (index + 1)
+
+
+class ReaderTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.log = self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
+
+    def make_node(self, *domains):
+        return self.useFixture(libvirt_node.TestNode(list(domains)))
+
+    def make_reader(self, node):
+        return libvirt_usage.LibvirtUsageReader(node.connection)
+
+
+class TestNovaInstanceFilter(ReaderTestCase):
+
+    def test_only_domains_with_nova_metadata_are_reported(self):
+        node = self.make_node(
+            libvirt_node.nova_test_domain(0),
+            libvirt_node.nova_test_domain(1, namespace=libvirt_node.NS_1_0),
+            libvirt_node.domain_xml('not-nova', disks=[
+                ('vda', '/srv/x.img', None)]),
+            libvirt_node.domain_xml(
+                'foreign-namespace',
+                metadata='<app:vm xmlns:app="http://example.com/app/1"/>'),
+        )
+        usages = self.make_reader(node).read_all()
+        self.assertEqual({_uuid(0), _uuid(1)}, {u.uuid for u in usages})
+
+    def test_metadata_fields_from_both_namespaces(self):
+        for namespace in (libvirt_node.NS_1_1, libvirt_node.NS_1_0):
+            node = self.make_node(libvirt_node.nova_test_domain(
+                7, namespace=namespace, display_name='web <1>',
+                flavor='m1.small', vcpus=2, memory_mb=2048,
+                user_id='u' * 32, project_id='p' * 32))
+            (usage,) = self.make_reader(node).read_all()
+            self.assertEqual('web <1>', usage.display_name)
+            self.assertEqual('instance-00000007', usage.name)
+            self.assertEqual('p' * 32, usage.project_id)
+            self.assertEqual('u' * 32, usage.user_id)
+            self.assertEqual('m1.small', usage.flavor.name)
+            self.assertEqual(2048, usage.memory_mb)
+            self.assertEqual(1, usage.vcpus)  # from <vcpu>, what runs
+
+    def test_malformed_metadata_is_skipped_and_logged_once(self):
+        broken = ('<nova:instance xmlns:nova="%s"><nova:name>x</nova:name>'
+                  '</nova:instance>' % libvirt_node.NS_1_1)
+        node = self.make_node(
+            libvirt_node.nova_test_domain(0),
+            libvirt_node.domain_xml('broken', metadata=broken))
+        reader = self.make_reader(node)
+        for _ in range(3):
+            self.assertEqual([_uuid(0)], [u.uuid for u in reader.read_all()])
+        self.assertEqual(1, self.log.output.count('malformed nova metadata'))
+        self.assertIn('owner/user@uuid', self.log.output)
+
+    def test_non_nova_domain_logged_once(self):
+        node = self.make_node(libvirt_node.domain_xml('plain'))
+        reader = self.make_reader(node)
+        for _ in range(3):
+            self.assertEqual([], reader.read_all())
+        self.assertEqual(1, self.log.output.count('has no nova metadata'))
+
+
+class TestCounters(ReaderTestCase):
+
+    def test_per_domain_fallback_reads_real_counters(self):
+        node = self.make_node(
+            libvirt_node.nova_test_domain(0, n_disks=2, n_nics=2))
+        dom = node.conn.lookupByUUIDString(_uuid(0))
+        before_disk = dom.blockStats('vdb')
+        before_net = dom.interfaceStats('tap00000000-01')
+        before_cpu = dom.info()[4]
+        (usage,) = self.make_reader(node).read_all()
+        after_disk = dom.blockStats('vdb')
+        after_net = dom.interfaceStats('tap00000000-01')
+        after_cpu = dom.info()[4]
+
+        self.assertEqual(base.RUNNING, usage.state)
+        self.assertEqual('running', usage.state_name)
+        self.assertTrue(before_cpu <= usage.cpu_time_ns <= after_cpu)
+        self.assertEqual(['vda', 'vdb'], [d.device for d in usage.disks])
+        disk = usage.disk('vdb')
+        for index, attr in enumerate(('read_requests', 'read_bytes',
+                                      'write_requests', 'write_bytes')):
+            self.assertTrue(
+                before_disk[index] <= getattr(disk, attr) <=
+                after_disk[index], attr)
+        self.assertEqual(dom.blockInfo('vdb')[0], disk.capacity_bytes)
+        iface = usage.interface('fa:16:3e:00:00:01')
+        self.assertEqual('tap00000000-01', iface.name)
+        for index, attr in enumerate(('rx_bytes', 'rx_packets', 'rx_errors',
+                                      'rx_drops', 'tx_bytes', 'tx_packets',
+                                      'tx_errors', 'tx_drops')):
+            self.assertTrue(
+                before_net[index] <= getattr(iface, attr) <=
+                after_net[index], attr)
+
+    def test_fallback_is_announced_once(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        reader = self.make_reader(node)
+        reader.read_all()
+        reader.read_all()
+        self.assertEqual(1, self.log.output.count('no bulk counters'))
+
+    def test_volume_id_from_disk_serial(self):
+        volume = '8e1f7a2b-3c4d-4e5f-9a6b-7c8d9e0f1a2b'
+        node = self.make_node(libvirt_node.domain_xml(
+            'instance-00000001', _uuid(0), libvirt_node.nova_metadata(),
+            disks=[('vda', '/var/lib/nova/disk', None),
+                   ('vdb', '/dev/sdx', volume)]))
+        (usage,) = self.make_reader(node).read_all()
+        self.assertIsNone(usage.disk('vda').volume_id)
+        self.assertEqual(volume, usage.disk('vdb').volume_id)
+
+    def test_shut_off_instance_reported_without_counters(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0),
+                              libvirt_node.nova_test_domain(1))
+        node.conn.lookupByUUIDString(_uuid(1)).destroy()
+        usages = {u.uuid: u for u in self.make_reader(node).read_all()}
+        stopped = usages[_uuid(1)]
+        self.assertEqual('shutdown', stopped.state_name)
+        self.assertIsNone(stopped.cpu_time_ns)
+        self.assertEqual([], stopped.disks)
+        self.assertEqual([], stopped.interfaces)
+        self.assertIsNotNone(usages[_uuid(0)].cpu_time_ns)
+
+
+class TestBulkCall(ReaderTestCase):
+
+    def test_one_bulk_call_with_only_the_needed_groups_and_nowait(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        seen = []
+        real = node.conn.getAllDomainStats
+
+        def spy(stats, flags=0):
+            seen.append((stats, flags))
+            return real(stats, flags)
+
+        self.useFixture(fixtures.MockPatchObject(
+            node.conn, 'getAllDomainStats', side_effect=spy))
+        self.make_reader(node).read_all()
+        self.assertEqual(1, len(seen))
+        stats, flags = seen[0]
+        self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
+                         libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+                         libvirt.VIR_DOMAIN_STATS_INTERFACE |
+                         libvirt.VIR_DOMAIN_STATS_BLOCK, stats)
+        self.assertTrue(flags &
+                        libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+        # The expensive groups are never asked for.
+        self.assertFalse(stats & (libvirt.VIR_DOMAIN_STATS_BALLOON |
+                                  libvirt.VIR_DOMAIN_STATS_VCPU))
+
+    def test_xml_parsed_once_per_domain_across_cycles(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0),
+                              libvirt_node.nova_test_domain(1),
+                              libvirt_node.domain_xml('plain'))
+        counting = libvirt_calls.CountingConnection(node.conn)
+        reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_calls.StaticConnection(counting))
+        for _ in range(4):
+            self.assertEqual(2, len(reader.read_all()))
+        self.assertEqual(3, counting.calls['domain.XMLDesc'])
+        self.assertEqual(4, counting.calls['getAllDomainStats'])
+
+    def test_restarted_domain_is_parsed_again(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        reader = self.make_reader(node)
+        self.assertEqual('m1.tiny', reader.read_all()[0].flavor.name)
+        # A resize redefines the guest with new metadata and restarts it.
+        dom = node.conn.lookupByUUIDString(_uuid(0))
+        dom.destroy()
+        node.conn.defineXML(libvirt_node.nova_test_domain(0, flavor='m1.big'))
+        dom.create()
+        self.assertEqual('m1.big', reader.read_all()[0].flavor.name)
+
+    def test_unsupported_bulk_api_falls_back_to_listing(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        dom = node.conn.lookupByUUIDString(_uuid(0))
+
+        def unsupported(stats, flags=0):
+            # The test driver has no blockStatsFlags: a genuine
+            # VIR_ERR_NO_SUPPORT from libvirt.
+            return dom.blockStatsFlags('vda')
+
+        self.useFixture(fixtures.MockPatchObject(
+            node.conn, 'getAllDomainStats', side_effect=unsupported))
+        reader = self.make_reader(node)
+        (usage,) = reader.read_all()
+        self.assertIsNotNone(usage.cpu_time_ns)
+        self.assertEqual(1, len(usage.disks))
+        reader.read_all()
+        self.assertEqual(1, self.log.output.count('has no bulk stats API'))
+
+
+class TestFailures(ReaderTestCase):
+
+    def test_domain_vanishing_between_listing_and_reading(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0),
+                              libvirt_node.nova_test_domain(1))
+        conn = node.conn
+        real = conn.getAllDomainStats
+
+        def list_then_delete(stats, flags=0):
+            result = real(stats, flags)
+            gone = conn.lookupByUUIDString(_uuid(1))
+            gone.destroy()
+            gone.undefine()
+            return result
+
+        self.useFixture(fixtures.MockPatchObject(
+            conn, 'getAllDomainStats', side_effect=list_then_delete))
+        usages = self.make_reader(node).read_all()
+        self.assertEqual([_uuid(0)], [u.uuid for u in usages])
+        self.assertIn('vanished', self.log.output)
+
+    def test_dropped_connection_is_reopened_next_cycle(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        reader = self.make_reader(node)
+        self.assertEqual(1, len(reader.read_all()))
+        node.conn.close()  # the connection dies under the reader
+        self.assertEqual(1, len(reader.read_all()))
+        self.assertIn('connection to %s was lost' % node.uri,
+                      self.log.output)
+
+    def test_connection_error_mid_cycle_raises_ours_then_recovers(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        static = libvirt_calls.StaticConnection(node.conn)
+        reader = libvirt_usage.LibvirtUsageReader(static)
+        static.conn.close()
+        exc = self.assertRaises(base.HypervisorUnavailable, reader.read_all)
+        self.assertIn('libvirt failed to list domains', str(exc))
+        self.assertEqual(1, static.resets)
+        static.conn = node.connection.get()
+        self.assertEqual(1, len(reader.read_all()))
+
+    def test_unreachable_hypervisor(self):
+        connection = libvirt_usage.LibvirtConnection(
+            'qemu+unix:///system?socket=/nonexistent/libvirt-sock')
+        reader = libvirt_usage.LibvirtUsageReader(connection)
+        exc = self.assertRaises(base.HypervisorUnavailable, reader.read_all)
+        self.assertIn('cannot connect to libvirt', str(exc))
+
+
+class TestReadInstance(ReaderTestCase):
+
+    def test_read_one_instance(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0),
+                              libvirt_node.nova_test_domain(1))
+        usage = self.make_reader(node).read_instance(_uuid(1))
+        self.assertEqual(_uuid(1), usage.uuid)
+        self.assertEqual(1, len(usage.disks))
+        self.assertEqual(1, len(usage.interfaces))
+
+    def test_read_one_instance_without_devices(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        usage = self.make_reader(node).read_instance(_uuid(0), devices=False)
+        self.assertIsNotNone(usage.cpu_time_ns)
+        self.assertEqual([], usage.disks)
+
+    def test_unknown_and_foreign_instances_are_not_found(self):
+        node = self.make_node(libvirt_node.domain_xml('plain', _uuid(5)))
+        reader = self.make_reader(node)
+        self.assertRaises(base.InstanceNotFound, reader.read_instance,
+                          _uuid(5))
+        self.assertRaises(base.InstanceNotFound, reader.read_instance,
+                          _uuid(6))
