@@ -80,6 +80,7 @@ def print_table(usages, out):
 
 
 def print_cycle(usages, args, out):
+    usages = sorted(usages, key=lambda u: u.uuid)
     if args.format == 'table':
         print_table(usages, out)
     else:

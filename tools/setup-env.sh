@@ -1,0 +1,44 @@
+#!/bin/bash
+# Prepare a Debian machine (run as root from the repo root) and the
+# project's virtualenv in .venv.
+#   tools/setup-env.sh run    what `nova-usage-ext poll` needs
+#   tools/setup-env.sh test   everything the test suite needs: the libvirt
+#                             daemon and QEMU, RabbitMQ, nova and ceilometer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-run}
+
+run_pkgs="libvirt-dev pkg-config gcc python3-dev python3-venv"
+test_pkgs="libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86
+           qemu-utils libvirt-clients"
+
+need=()
+pkgs=$run_pkgs
+[ "$what" = test ] && pkgs="$run_pkgs $test_pkgs"
+for p in $pkgs; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ "$what" = test ] && ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null \
+        && ! command -v rabbitmq-server >/dev/null; then
+    need+=(rabbitmq-server)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+    .venv/bin/pip install -q -U pip setuptools wheel
+fi
+pip=(.venv/bin/pip install -q --disable-pip-version-check)
+"${pip[@]}" -r requirements.txt libvirt-python
+if [ "$what" = test ]; then
+    "${pip[@]}" -r test-requirements.txt -r integration-requirements.txt
+fi
+# A regular install, not an editable one: nova loads the driver through the
+# shim that the package puts inside nova's own package directory.
+"${pip[@]}" --no-deps --force-reinstall .
