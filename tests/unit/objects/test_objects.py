@@ -1,0 +1,131 @@
+"""The payloads: fingerprints, wire format, absent counters."""
+
+import datetime
+
+import testtools
+from oslo_versionedobjects import fixture
+
+from nova_usage_ext import objects
+from nova_usage_ext.objects import base as obj_base
+from nova_usage_ext.objects import usage as usage_objects
+from nova_usage_ext.virt import base
+
+objects.register_all()
+
+# A change here means a field changed: bump the object's version, record
+# why in its class comment, handle older versions in obj_make_compatible,
+# then update the hash.
+EXPECTED_FINGERPRINTS = {
+    'AttachedVolumeUsagePayload': '1.0-370409d6e1798ef7371c5e8eda4aba82',
+    'DiskUsagePayload': '1.0-0d4e84591e7f4bb005a7d78a0642eee2',
+    'InstanceUsagePayload': '1.0-8928720971cf0ec9c8352dc4ea7127d6',
+    'InterfaceUsagePayload': '1.0-7e29e472326cacb5393a2d7d2b72048f',
+}
+
+READ_AT = datetime.datetime(2026, 11, 22, 10, 30, 0, 250000,
+                            tzinfo=datetime.timezone.utc)
+
+
+def sample_usage():
+    return base.InstanceUsage(
+        uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001',
+        name='instance-00000001', display_name='web-1',
+        project_id='p' * 32, user_id='u' * 32,
+        flavor=base.Flavor('m1.small', 1, 2048, 20, 0, 0),
+        state=base.RUNNING, read_at=READ_AT, cpu_time_ns=123456789,
+        vcpus=1, memory_mb=2048,
+        disks=[base.DiskUsage('vda', 10, 1, 20, 2, None, 21474836480),
+               base.DiskUsage('vdb', 30, 3, 40, 4, 0, 1073741824,
+                              volume_id='8e1f7a2b-3c4d-4e5f-9a6b-'
+                                        '7c8d9e0f1a2b')],
+        interfaces=[base.InterfaceUsage('tap1', 'fa:16:3e:00:00:01',
+                                        100, 5, 0, 0, 200, 6, 0, 0)])
+
+
+class TestFingerprints(testtools.TestCase):
+
+    def test_versions(self):
+        checker = fixture.ObjectVersionChecker(
+            obj_base.registered_classes())
+        expected, actual = checker.test_hashes(EXPECTED_FINGERPRINTS)
+        self.assertEqual(expected, actual,
+                         'Fields of a payload changed without a version '
+                         'bump (see the comment above the hashes)')
+
+    def test_only_our_namespace(self):
+        for name, classes in obj_base.registered_classes().items():
+            self.assertEqual('nova_usage_ext',
+                             classes[0].OBJ_PROJECT_NAMESPACE, name)
+
+
+class TestWireFormat(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.wire = usage_objects.InstanceUsagePayload.from_record(
+            sample_usage(), host='compute-1').to_wire()
+
+    def test_envelope_is_nova_wire_format(self):
+        self.assertEqual({'nova_object.name', 'nova_object.namespace',
+                          'nova_object.version', 'nova_object.data'},
+                         set(self.wire))
+        self.assertEqual('InstanceUsagePayload',
+                         self.wire['nova_object.name'])
+        self.assertEqual('nova_usage_ext',
+                         self.wire['nova_object.namespace'])
+        self.assertEqual('1.0', self.wire['nova_object.version'])
+
+    def test_fields(self):
+        data = self.wire['nova_object.data']
+        self.assertEqual('1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001',
+                         data['instance_uuid'])
+        self.assertEqual('compute-1', data['host'])
+        self.assertEqual('p' * 32, data['project_id'])
+        self.assertEqual('m1.small', data['flavor_name'])
+        self.assertEqual('running', data['power_state'])
+        self.assertEqual(123456789, data['cpu_time_ns'])
+        # nova's DateTimeField wire format: whole seconds, UTC.
+        self.assertEqual('2026-11-22T10:30:00Z', data['read_at'])
+
+    def test_nested_objects_are_nested_wire_dicts(self):
+        data = self.wire['nova_object.data']
+        vda, vdb = data['disks']
+        self.assertEqual('DiskUsagePayload', vda['nova_object.name'])
+        self.assertEqual('nova_usage_ext', vda['nova_object.namespace'])
+        self.assertEqual({'device': 'vda', 'read_bytes': 10,
+                          'read_requests': 1, 'write_bytes': 20,
+                          'write_requests': 2,
+                          'capacity_bytes': 21474836480},
+                         vda['nova_object.data'])
+        (iface,) = data['interfaces']
+        self.assertEqual('InterfaceUsagePayload', iface['nova_object.name'])
+        self.assertEqual(100, iface['nova_object.data']['rx_bytes'])
+        self.assertEqual('fa:16:3e:00:00:01', iface['nova_object.data']['mac'])
+        (volume,) = data['volumes']
+        self.assertEqual('AttachedVolumeUsagePayload',
+                         volume['nova_object.name'])
+        self.assertEqual({'volume_id': '8e1f7a2b-3c4d-4e5f-9a6b-7c8d9e0f1a2b',
+                          'device': 'vdb', 'read_bytes': 30,
+                          'read_requests': 3, 'write_bytes': 40,
+                          'write_requests': 4}, volume['nova_object.data'])
+
+    def test_no_change_tracking_on_the_wire(self):
+        self.assertNotIn('nova_object.changes', str(self.wire))
+
+    def test_absent_counters_are_absent_not_zero(self):
+        usage = sample_usage()
+        usage.cpu_time_ns = None
+        usage.disks[0].read_bytes = None
+        wire = usage_objects.InstanceUsagePayload.from_record(
+            usage).to_wire()
+        data = wire['nova_object.data']
+        self.assertNotIn('cpu_time_ns', data)
+        self.assertNotIn('read_bytes', data['disks'][0]['nova_object.data'])
+        self.assertNotIn('errors', data['disks'][0]['nova_object.data'])
+        self.assertEqual(0, data['disks'][1]['nova_object.data']['errors'])
+
+    def test_round_trip(self):
+        obj = usage_objects.InstanceUsagePayload.obj_from_primitive(self.wire)
+        self.assertEqual(['vda', 'vdb'], [d.device for d in obj.disks])
+        self.assertEqual(READ_AT.replace(microsecond=0), obj.read_at)
+        self.assertEqual(self.wire, obj.to_wire())

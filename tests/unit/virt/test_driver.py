@@ -1,0 +1,171 @@
+"""The driver methods, in nova's formats, over libvirt's test driver."""
+
+import types
+
+import fixtures
+import testtools
+
+from nova_usage_ext.virt import base
+from nova_usage_ext.virt import libvirt as libvirt_usage
+from tests import libvirt_node
+
+VOLUME = '8e1f7a2b-3c4d-4e5f-9a6b-7c8d9e0f1a2b'
+
+
+def _uuid(index):
+    return '00000000-0000-0000-0000-%012x' % (index + 1)
+
+
+def instance(index):
+    """The attributes of nova's Instance that the methods use."""
+    return types.SimpleNamespace(uuid=_uuid(index),
+                                 name='instance-%08x' % index)
+
+
+class DriverTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.log = self.useFixture(fixtures.FakeLogger())
+        self.node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.domain_xml(
+                'instance-00000000', _uuid(0), libvirt_node.nova_metadata(),
+                disks=[('vda', '/var/lib/nova/disk', None),
+                       ('vdb', '/dev/sdx', VOLUME)],
+                interfaces=[('tap0', 'fa:16:3e:00:00:01'),
+                            ('tap1', 'fa:16:3e:00:00:02')]),
+            libvirt_node.nova_test_domain(1),
+            libvirt_node.domain_xml('not-nova', _uuid(2)),
+        ]))
+        self.driver = libvirt_usage.LibvirtUsageHost(self.node.connection)
+
+    def dom(self, index):
+        return self.node.conn.lookupByUUIDString(_uuid(index))
+
+
+class TestInterfaceStats(DriverTestCase):
+
+    def test_by_tap_and_by_mac(self):
+        for interface_id in ('tap1', 'FA:16:3E:00:00:02'):
+            before = self.dom(0).interfaceStats('tap1')
+            stats = self.driver.interface_stats(instance(0), interface_id)
+            after = self.dom(0).interfaceStats('tap1')
+            self.assertEqual(8, len(stats))
+            for low, value, high in zip(before, stats, after):
+                self.assertTrue(low <= value <= high)
+
+    def test_unknown_interface_or_instance_is_none(self):
+        self.assertIsNone(self.driver.interface_stats(instance(0), 'tap9'))
+        self.assertIsNone(self.driver.interface_stats(instance(5), 'tap0'))
+        self.assertIsNone(self.driver.interface_stats(instance(2), 'tap0'))
+
+
+class TestBlockStats(DriverTestCase):
+
+    def test_nova_format(self):
+        before = self.dom(0).blockStats('vdb')
+        stats = self.driver.block_stats(instance(0), 'vdb')
+        after = self.dom(0).blockStats('vdb')
+        self.assertEqual(5, len(stats))
+        for low, value, high in zip(before[:4], stats[:4], after[:4]):
+            self.assertTrue(low <= value <= high)
+
+    def test_missing_disk_is_none(self):
+        self.assertIsNone(self.driver.block_stats(instance(0), 'vdz'))
+
+    def test_shut_off_instance_is_none(self):
+        self.dom(0).destroy()
+        self.assertIsNone(self.driver.block_stats(instance(0), 'vda'))
+
+
+class TestVolumeUsage(DriverTestCase):
+
+    def test_nova_format_from_bdms(self):
+        inst0, inst1 = instance(0), instance(1)
+        bdms = [
+            {'instance': inst0, 'instance_bdms': [
+                {'device_name': '/dev/vdb', 'volume_id': VOLUME},
+                {'device_name': '/dev/vdq', 'volume_id': 'detached'}]},
+            {'instance': instance(7), 'instance_bdms': [
+                {'device_name': '/dev/vdb', 'volume_id': 'elsewhere'}]},
+            {'instance': inst1, 'instance_bdms': []},
+        ]
+        before = self.dom(0).blockStats('vdb')
+        (usage,) = self.driver.get_all_volume_usage(None, bdms)
+        after = self.dom(0).blockStats('vdb')
+        self.assertEqual({'volume', 'instance', 'rd_req', 'rd_bytes',
+                          'wr_req', 'wr_bytes'}, set(usage))
+        self.assertEqual(VOLUME, usage['volume'])
+        self.assertIs(inst0, usage['instance'])
+        for index, key in enumerate(('rd_req', 'rd_bytes', 'wr_req',
+                                     'wr_bytes')):
+            self.assertTrue(before[index] <= usage[key] <= after[index], key)
+
+    def test_hypervisor_down_gives_empty_list(self):
+        driver = libvirt_usage.LibvirtUsageHost(
+            libvirt_usage.LibvirtConnection(
+                'qemu+unix:///system?socket=/nonexistent/sock'))
+        bdms = [{'instance': instance(0), 'instance_bdms': [
+            {'device_name': '/dev/vdb', 'volume_id': VOLUME}]}]
+        self.assertEqual([], driver.get_all_volume_usage(None, bdms))
+
+
+class TestBandwidthCounters(DriverTestCase):
+
+    def test_format_nova_used_before_23(self):
+        counters = self.driver.get_all_bw_counters(
+            [instance(0), instance(1), instance(2), instance(9)])
+        self.assertEqual(
+            [(_uuid(0), 'fa:16:3e:00:00:01'), (_uuid(0), 'fa:16:3e:00:00:02'),
+             (_uuid(1), 'fa:16:3e:00:01:00')],
+            [(c['uuid'], c['mac_address']) for c in counters])
+        for c in counters:
+            self.assertEqual({'uuid', 'mac_address', 'bw_in', 'bw_out'},
+                             set(c))
+            self.assertGreater(c['bw_in'], 0)
+            self.assertGreater(c['bw_out'], 0)
+
+
+class TestGetInfo(DriverTestCase):
+
+    def test_plain_driver_gets_our_instance_info(self):
+        before = self.dom(1).info()[4]
+        info = self.driver.get_info(instance(1))
+        after = self.dom(1).info()[4]
+        self.assertIsInstance(info, base.UsageInstanceInfo)
+        self.assertEqual(base.RUNNING, info.state)
+        self.assertTrue(before <= info.cpu_time_ns <= after)
+
+    def test_shut_off(self):
+        self.dom(1).destroy()
+        info = self.driver.get_info(instance(1))
+        self.assertEqual(base.SHUTDOWN, info.state)
+        self.assertIsNone(info.cpu_time_ns)
+
+    def test_unknown_instance_raises_not_found(self):
+        self.assertRaises(base.InstanceNotFound, self.driver.get_info,
+                          instance(4))
+
+    def test_on_a_driver_with_its_own_get_info(self):
+        class NovaInfo:
+            def __init__(self, state):
+                self.state = state
+
+        class NovaLikeDriver:
+            def get_info(self, instance, use_cache=True):
+                return NovaInfo(state='from-nova')
+
+        class Driver(libvirt_usage.LibvirtUsageMixin, NovaLikeDriver):
+            pass
+
+        driver = Driver()
+        driver._usage_reader = libvirt_usage.LibvirtUsageReader(
+            self.node.connection)
+        info = driver.get_info(instance(0))
+        self.assertIsInstance(info, NovaInfo)
+        self.assertEqual('from-nova', info.state)
+        self.assertGreater(info.cpu_time_ns, 0)
+        # nova's answer stands even where usage cannot be read
+        info = driver.get_info(instance(2))
+        self.assertEqual('from-nova', info.state)
+        self.assertIsNone(info.cpu_time_ns)
