@@ -12,6 +12,8 @@ from nova_usage_ext.objects import usage as usage_objects
 
 EVENT_TYPE = 'compute.instance.exists'
 AUDIT_PERIODS = ('hour', 'day', 'month', 'year')
+SOURCE_HYPERVISOR = 'hypervisor'
+SOURCE_CACHE = 'cache'
 
 
 def audit_period_start(now, unit):
@@ -27,6 +29,28 @@ def audit_period_start(now, unit):
                            microsecond=0)
     raise ValueError('audit period must be one of %s, not %r'
                      % (', '.join(AUDIT_PERIODS), unit))
+
+
+def audit_unit(conf):
+    """The unit of nova's ``instance_usage_audit_period`` (``month@15``
+    style offsets are not applied: the unit's start is used)."""
+    value = getattr(conf, 'instance_usage_audit_period', None) or 'month'
+    unit = value.split('@', 1)[0].strip().lower()
+    return unit if unit in AUDIT_PERIODS else 'month'
+
+
+def parse_nova_time(text):
+    """A time as nova writes it in notifications, as aware UTC; or None."""
+    if not text:
+        return None
+    try:
+        value = datetime.datetime.fromisoformat(
+            text.replace('Z', '+00:00'))
+    except (TypeError, ValueError):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value
 
 
 def _nova_time(value):
@@ -56,9 +80,46 @@ def legacy_fields(usage, host):
     return fields
 
 
-def usage_primitive(usage, host):
+def legacy_fields_from_versioned(data):
+    """Legacy exists fields from a versioned instance payload's data.
+
+    For ``instance.delete.start`` when nova sends versioned notifications
+    only: the final exists keeps the legacy format that billing reads.
+    """
+    flavor = (data.get('flavor') or {}).get('nova_object.data', {})
+    root_gb = flavor.get('root_gb')
+    ephemeral_gb = flavor.get('ephemeral_gb')
+    fields = {
+        'tenant_id': data.get('tenant_id'),
+        'user_id': data.get('user_id'),
+        'instance_id': data.get('uuid'),
+        'display_name': data.get('display_name'),
+        'hostname': data.get('host_name'),
+        'host': data.get('host'),
+        'node': data.get('node'),
+        'availability_zone': data.get('availability_zone'),
+        'instance_type': flavor.get('name'),
+        'instance_flavor_id': flavor.get('flavorid'),
+        'memory_mb': flavor.get('memory_mb'),
+        'vcpus': flavor.get('vcpus'),
+        'root_gb': root_gb,
+        'ephemeral_gb': ephemeral_gb,
+        'state': data.get('state'),
+        'created_at': data.get('created_at'),
+        'launched_at': data.get('launched_at'),
+        'terminated_at': data.get('terminated_at'),
+        'deleted_at': data.get('deleted_at'),
+    }
+    if root_gb is not None:
+        fields['disk_gb'] = root_gb + (ephemeral_gb or 0)
+    return fields
+
+
+def usage_primitive(usage, host, final=False, source=SOURCE_HYPERVISOR,
+                    period=None):
     """The versioned usage payload of one reading, in nova's wire format."""
-    payload = usage_objects.InstanceUsagePayload.from_record(usage, host=host)
+    payload = usage_objects.InstanceUsagePayload.from_record(
+        usage, host=host, final=final, source=source, period=period)
     return payload.to_wire()
 
 
@@ -68,7 +129,8 @@ def exists_payload(legacy, usage_wire, audit_period_beginning,
     payload = dict(legacy)
     payload['audit_period_beginning'] = _nova_time(audit_period_beginning)
     payload['audit_period_ending'] = _nova_time(audit_period_ending)
-    payload['usage'] = usage_wire
+    if usage_wire is not None:
+        payload['usage'] = usage_wire
     return payload
 
 

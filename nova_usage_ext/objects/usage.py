@@ -7,6 +7,7 @@ Version history is kept in each class's comment; any field change must bump
 the version (tests/unit/objects/test_objects.py pins the fingerprints).
 """
 
+from oslo_utils import versionutils
 from oslo_versionedobjects import fields
 
 from nova_usage_ext.objects import base
@@ -16,7 +17,7 @@ register = base.UsageObjectRegistry.register
 
 def _set_present(obj, record, names):
     for name in names:
-        value = getattr(record, name)
+        value = getattr(record, name, None)
         if value is not None:
             setattr(obj, name, value)
 
@@ -43,6 +44,12 @@ class DiskUsagePayload(base.UsageObject):
     def from_record(cls, disk):
         obj = cls(device=disk.device)
         _set_present(obj, disk, cls.COUNTERS)
+        return obj
+
+    @classmethod
+    def from_counters(cls, device, counters):
+        obj = cls(device=device)
+        _set_present(obj, counters, cls.COUNTERS)
         return obj
 
 
@@ -99,16 +106,61 @@ class InterfaceUsagePayload(base.UsageObject):
         _set_present(obj, iface, cls.COUNTERS)
         return obj
 
+    @classmethod
+    def from_counters(cls, name, counters):
+        obj = cls(name=name, mac=None)
+        _set_present(obj, counters, cls.COUNTERS)
+        return obj
+
+
+@register
+class PeriodUsagePayload(base.UsageObject):
+    """Usage since the start of the audit period, safe across resets.
+
+    Unlike the raw counters, these never go down when a guest restarts:
+    the counter cache adds what was counted after a reset.
+    """
+    # Version 1.0: initial version
+    VERSION = '1.0'
+
+    fields = {
+        'period_beginning': fields.DateTimeField(nullable=True),
+        'cpu_time_ns': fields.NonNegativeIntegerField(),
+        'disks': fields.ListOfObjectsField('DiskUsagePayload'),
+        'interfaces': fields.ListOfObjectsField('InterfaceUsagePayload'),
+    }
+
+    # (own version, child version) pairs, for serializing to older versions
+    obj_relationships = {
+        'disks': [('1.0', '1.0')],
+        'interfaces': [('1.0', '1.0')],
+    }
+
+    @classmethod
+    def from_counters(cls, period):
+        """From the counter cache's ``UsageCounters`` of the period."""
+        obj = cls(
+            # None before the first exists: the usage then counts from
+            # the start of the guest's process, which nobody knows.
+            period_beginning=period.period_start,
+            disks=[DiskUsagePayload.from_counters(name, disk)
+                   for name, disk in sorted(period.disks.items())],
+            interfaces=[InterfaceUsagePayload.from_counters(name, iface)
+                        for name, iface in sorted(period.interfaces.items())])
+        _set_present(obj, period, ('cpu_time_ns',))
+        return obj
+
 
 @register
 class InstanceUsagePayload(base.UsageObject):
     """Usage of one instance as read from the hypervisor at ``read_at``.
 
     Counters are the hypervisor's raw cumulative values since the guest's
-    process started.
+    process started; ``period`` has the audit period's usage.
     """
     # Version 1.0: initial version
-    VERSION = '1.0'
+    # Version 1.1: added final, source and period
+    VERSION = '1.1'
 
     fields = {
         'instance_uuid': fields.UUIDField(),
@@ -126,12 +178,44 @@ class InstanceUsagePayload(base.UsageObject):
         'interfaces': fields.ListOfObjectsField('InterfaceUsagePayload'),
         'volumes': fields.ListOfObjectsField('AttachedVolumeUsagePayload'),
         'read_at': fields.DateTimeField(),
+        # True in the exists sent just before instance.delete.start.
+        'final': fields.BooleanField(default=False),
+        # Where the counters come from: read for this message
+        # ('hypervisor') or the last periodic reading ('cache').
+        'source': fields.EnumField(['hypervisor', 'cache']),
+        'period': fields.ObjectField('PeriodUsagePayload', nullable=True),
     }
 
+    # (own version, child version) pairs, for serializing to older versions
+    obj_relationships = {
+        'disks': [('1.0', '1.0')],
+        'interfaces': [('1.0', '1.0')],
+        'volumes': [('1.0', '1.0')],
+        'period': [('1.1', '1.0')],
+    }
+
+    def obj_make_compatible(self, primitive, target_version):
+        # The base class drops sub-objects that did not exist at the target
+        # version (period) by obj_relationships; plain fields are ours.
+        super().obj_make_compatible(primitive, target_version)
+        target = versionutils.convert_version_to_tuple(target_version)
+        if target < (1, 1):
+            for name in ('final', 'source', 'period'):
+                primitive.pop(name, None)
+
     @classmethod
-    def from_record(cls, usage, host=None):
-        """Build the payload from a reader's ``InstanceUsage``."""
+    def from_record(cls, usage, host=None, final=False, source='hypervisor',
+                    period=None):
+        """Build the payload from a reader's ``InstanceUsage``.
+
+        :param period: the counter cache's ``UsageCounters`` of the audit
+            period, or None.
+        """
         obj = cls(
+            final=final,
+            source=source,
+            period=(PeriodUsagePayload.from_counters(period)
+                    if period is not None else None),
             instance_uuid=usage.uuid,
             instance_name=usage.name,
             display_name=usage.display_name,

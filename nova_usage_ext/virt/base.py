@@ -149,6 +149,10 @@ class UsageInstanceInfo:
 class UsageReader(metaclass=abc.ABCMeta):
     """Reads usage of the nova instances on one host."""
 
+    #: False when the last ``read_all`` skipped a nova instance it could
+    #: not read (the list is then not the whole host).
+    last_read_complete = True
+
     @abc.abstractmethod
     def read_all(self):
         """Read every nova instance on the host in one cycle.

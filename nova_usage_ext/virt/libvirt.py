@@ -160,6 +160,7 @@ class LibvirtUsageReader(base.UsageReader):
             self._host_error(exc, 'list domains')
         usages = []
         seen = set()
+        complete = True
         for dom, stats in entries:
             try:
                 uuid = dom.UUIDString()
@@ -173,10 +174,12 @@ class LibvirtUsageReader(base.UsageReader):
                     self._host_error(exc, 'read domain')
                 LOG.warning('Skipping domain %s this cycle: %s',
                             dom.name(), exc.get_error_message())
+                complete = False
                 continue
             if usage is not None:
                 usages.append(usage)
         self._prune(seen)
+        self.last_read_complete = complete
         return usages
 
     def read_instance(self, uuid, devices=True):

@@ -5,6 +5,7 @@ import datetime
 import testtools
 from oslo_versionedobjects import fixture
 
+from nova_usage_ext import counters
 from nova_usage_ext import objects
 from nova_usage_ext.objects import base as obj_base
 from nova_usage_ext.objects import usage as usage_objects
@@ -18,8 +19,9 @@ objects.register_all()
 EXPECTED_FINGERPRINTS = {
     'AttachedVolumeUsagePayload': '1.0-370409d6e1798ef7371c5e8eda4aba82',
     'DiskUsagePayload': '1.0-0d4e84591e7f4bb005a7d78a0642eee2',
-    'InstanceUsagePayload': '1.0-8928720971cf0ec9c8352dc4ea7127d6',
+    'InstanceUsagePayload': '1.1-1c7a4160ba8c823260d83ad339e6cad4',
     'InterfaceUsagePayload': '1.0-7e29e472326cacb5393a2d7d2b72048f',
+    'PeriodUsagePayload': '1.0-1102a78c9c4b21482b2d50d503cac744',
 }
 
 READ_AT = datetime.datetime(2026, 11, 22, 10, 30, 0, 250000,
@@ -52,6 +54,18 @@ class TestFingerprints(testtools.TestCase):
                          'Fields of a payload changed without a version '
                          'bump (see the comment above the hashes)')
 
+    def test_relationships_cover_every_version(self):
+        checker = fixture.ObjectVersionChecker(
+            obj_base.registered_classes())
+        tree = checker.get_dependency_tree()
+        for name, cls_list in obj_base.registered_classes().items():
+            cls = cls_list[0]
+            object_fields = [f for f, field in cls.fields.items()
+                             if 'Object' in type(field).__name__]
+            self.assertEqual(sorted(object_fields),
+                             sorted(cls.obj_relationships), name)
+        self.assertIn('PeriodUsagePayload', tree['InstanceUsagePayload'])
+
     def test_only_our_namespace(self):
         for name, classes in obj_base.registered_classes().items():
             self.assertEqual('nova_usage_ext',
@@ -73,7 +87,7 @@ class TestWireFormat(testtools.TestCase):
                          self.wire['nova_object.name'])
         self.assertEqual('nova_usage_ext',
                          self.wire['nova_object.namespace'])
-        self.assertEqual('1.0', self.wire['nova_object.version'])
+        self.assertEqual('1.1', self.wire['nova_object.version'])
 
     def test_fields(self):
         data = self.wire['nova_object.data']
@@ -123,6 +137,52 @@ class TestWireFormat(testtools.TestCase):
         self.assertNotIn('read_bytes', data['disks'][0]['nova_object.data'])
         self.assertNotIn('errors', data['disks'][0]['nova_object.data'])
         self.assertEqual(0, data['disks'][1]['nova_object.data']['errors'])
+
+    def test_final_and_source(self):
+        data = self.wire['nova_object.data']
+        self.assertFalse(data['final'])
+        self.assertEqual('hypervisor', data['source'])
+        self.assertIsNone(data['period'])
+        wire = usage_objects.InstanceUsagePayload.from_record(
+            sample_usage(), final=True, source='cache').to_wire()
+        self.assertTrue(wire['nova_object.data']['final'])
+        self.assertEqual('cache', wire['nova_object.data']['source'])
+
+    def test_period_usage(self):
+        start = datetime.datetime(2026, 11, 22, 10, 0,
+                                  tzinfo=datetime.timezone.utc)
+        period = counters.UsageCounters(
+            uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001',
+            first_seen=start - datetime.timedelta(days=3), read_at=READ_AT,
+            period_start=start, cpu_time_ns=5000,
+            disks={'vda': counters.DiskCounters(1, 2, 3, 4)},
+            interfaces={'tap1': counters.InterfaceCounters(
+                10, 11, 0, 0, 20, 21, None, None)})
+        wire = usage_objects.InstanceUsagePayload.from_record(
+            sample_usage(), period=period).to_wire()
+        data = wire['nova_object.data']['period']
+        self.assertEqual('PeriodUsagePayload', data['nova_object.name'])
+        data = data['nova_object.data']
+        self.assertEqual('2026-11-22T10:00:00Z', data['period_beginning'])
+        self.assertEqual(5000, data['cpu_time_ns'])
+        self.assertEqual({'device': 'vda', 'read_bytes': 1,
+                          'read_requests': 2, 'write_bytes': 3,
+                          'write_requests': 4},
+                         data['disks'][0]['nova_object.data'])
+        iface = data['interfaces'][0]['nova_object.data']
+        self.assertEqual('tap1', iface['name'])
+        self.assertEqual(20, iface['tx_bytes'])
+        self.assertNotIn('tx_errors', iface)
+
+    def test_older_consumers_get_1_0(self):
+        wire = usage_objects.InstanceUsagePayload.from_record(
+            sample_usage(), final=True, source='cache').to_wire('1.0')
+        self.assertEqual('1.0', wire['nova_object.version'])
+        data = wire['nova_object.data']
+        for added_in_1_1 in ('final', 'source', 'period'):
+            self.assertNotIn(added_in_1_1, data)
+        self.assertEqual(123456789, data['cpu_time_ns'])
+        self.assertEqual('1.0', data['disks'][0]['nova_object.version'])
 
     def test_round_trip(self):
         obj = usage_objects.InstanceUsagePayload.obj_from_primitive(self.wire)

@@ -1,0 +1,48 @@
+"""nova glue: the compute driver that nova-compute loads.
+
+nova.conf::
+
+    [DEFAULT]
+    compute_driver = usage_ext.LibvirtUsageDriver
+
+nova imports ``nova.virt.<compute_driver>``; the package installs the
+module ``nova/virt/usage_ext.py`` (and nothing else inside nova) that
+re-exports the class below. The class is nova's own LibvirtDriver with the
+usage methods mixed in; no nova code is changed or patched.
+
+This is the only module of the package that imports nova.
+"""
+
+from nova import conf as nova_conf
+from nova.virt.libvirt import driver as libvirt_driver
+from oslo_log import log as logging
+
+from nova_usage_ext import service as usage_service
+from nova_usage_ext.virt import libvirt as libvirt_usage
+
+LOG = logging.getLogger(__name__)
+CONF = nova_conf.CONF
+
+
+class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
+                         libvirt_driver.LibvirtDriver):
+    """nova's libvirt driver, reporting instance usage."""
+
+    def init_host(self, host):
+        super().init_host(host)
+        # Usage reporting must never keep nova-compute from starting.
+        try:
+            svc = usage_service.UsageService.from_conf(
+                CONF, self.usage_reader, CONF.host or host)
+            usage_service.register(svc)
+            svc.start()
+        except Exception:
+            LOG.exception('nova-usage-ext: usage reporting is off: it failed '
+                          'to start')
+
+    def cleanup_host(self, host):
+        svc = usage_service.current()
+        if svc is not None:
+            svc.stop()
+            usage_service.unregister(svc)
+        super().cleanup_host(host)

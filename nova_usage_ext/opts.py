@@ -1,0 +1,8 @@
+"""Options for oslo-config-generator (namespace ``nova_usage_ext``)."""
+
+from nova_usage_ext import conf
+
+
+def list_opts():
+    return [('DEFAULT', conf.default_opts),
+            (conf.GROUP, conf.usage_opts)]
