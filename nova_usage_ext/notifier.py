@@ -78,13 +78,17 @@ class UsageNotifierDriver(notifier.Driver):
                       'notifications will not be sent anywhere')
         self._drivers = named.NamedExtensionManager(
             DRIVER_NAMESPACE, names=names, invoke_on_load=True,
-            invoke_args=(conf, topics, transport),
+            invoke_args=[conf],
+            invoke_kwds={'topics': topics, 'transport': transport},
+            name_order=True,
             on_missing_entrypoints_callback=self._missing)
 
     @staticmethod
     def _missing(names):
-        LOG.error('[usage_ext] notification_drivers: no such oslo.messaging '
-                  'notification driver: %s', ', '.join(sorted(names)))
+        LOG.error('[usage_ext] notification_drivers: %s: no such '
+                  'oslo.messaging notification driver, or it failed to '
+                  'load; notifications are not sent there',
+                  ', '.join(sorted(names)))
 
     # -- oslo.messaging's driver interface ---------------------------------
 
@@ -173,7 +177,10 @@ class UsageNotifierDriver(notifier.Driver):
             source = exists.SOURCE_HYPERVISOR
             try:
                 usage = service.read_now(uuid)
-            except base.UsageReaderError as exc:
+            except Exception as exc:
+                if not isinstance(exc, base.UsageReaderError):
+                    LOG.exception('nova-usage-ext: reading instance %s '
+                                  'failed', uuid)
                 usage = service.latest(uuid)
                 source = exists.SOURCE_CACHE
                 LOG.warning('nova-usage-ext: cannot read deleted instance %s '

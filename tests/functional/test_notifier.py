@@ -1,0 +1,386 @@
+"""The notification hook on a real RabbitMQ, read back by a real listener.
+
+The hypervisor is libvirt's test driver (in process); the notifications
+are the shapes nova 34 sends.
+"""
+
+import os
+import socket
+import threading
+import time
+
+import fixtures
+import oslo_messaging
+import testtools
+from oslo_messaging.notify import _impl_test
+
+from nova_usage_ext import conf as usage_conf
+from nova_usage_ext import counters
+from nova_usage_ext import service as usage_service
+from nova_usage_ext.virt import libvirt as libvirt_usage
+from tests import libvirt_node
+from tests.functional import bus
+
+UUID0 = '00000000-0000-0000-0000-000000000001'
+UUID1 = '00000000-0000-0000-0000-000000000002'
+
+
+def legacy_payload(uuid, **extra):
+    """The fields nova's info_from_instance gives (a subset)."""
+    payload = {'tenant_id': 'p' * 32, 'user_id': 'u' * 32,
+               'instance_id': uuid, 'display_name': 'vm',
+               'instance_type': 'm1.tiny', 'memory_mb': 64, 'vcpus': 1,
+               'root_gb': 1, 'ephemeral_gb': 0, 'disk_gb': 1,
+               'host': 'compute-1', 'state': 'active',
+               'launched_at': '2026-11-20T08:00:00.000000'}
+    payload.update(extra)
+    return payload
+
+
+def versioned_payload(uuid, name='InstanceActionPayload', **extra):
+    data = {'uuid': uuid, 'tenant_id': 'p' * 32, 'user_id': 'u' * 32,
+            'host': 'compute-1', 'display_name': 'vm', 'state': 'active',
+            'flavor': {'nova_object.name': 'FlavorPayload',
+                       'nova_object.namespace': 'nova',
+                       'nova_object.version': '1.4',
+                       'nova_object.data': {'name': 'm1.tiny',
+                                            'flavorid': '1',
+                                            'memory_mb': 64, 'vcpus': 1,
+                                            'root_gb': 1,
+                                            'ephemeral_gb': 0}}}
+    data.update(extra)
+    return {'nova_object.name': name, 'nova_object.namespace': 'nova',
+            'nova_object.version': '1.9', 'nova_object.data': data}
+
+
+class HookTestCase(testtools.TestCase):
+
+    drivers = ['messagingv2']
+    budget = 2.0
+
+    def setUp(self):
+        super().setUp()
+        self.log = self.useFixture(fixtures.FakeLogger())
+        self.conf = bus.make_conf()
+        usage_conf.register_opts(self.conf)
+        self.conf.set_override('notification_drivers', self.drivers,
+                               group='usage_ext')
+        self.conf.set_override('final_exists_budget', self.budget,
+                               group='usage_ext')
+        self.node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.nova_test_domain(0),
+            libvirt_node.nova_test_domain(1)]))
+        self.reader = libvirt_usage.LibvirtUsageReader(self.node.connection)
+        state = self.useFixture(fixtures.TempDir()).path
+        self.service = usage_service.UsageService(
+            self.reader, counters.CounterCache(
+                os.path.join(state, 'counters.json')), 'compute-1', {})
+        usage_service.register(self.service)
+        self.addCleanup(usage_service.unregister, self.service)
+        self.listener = self.useFixture(bus.Listener(self.conf))
+
+    def notifier(self, url=bus.RABBIT_URL, publisher_id='compute.compute-1',
+                 retry=None):
+        transport = oslo_messaging.get_notification_transport(self.conf,
+                                                              url=url)
+        self.addCleanup(transport.cleanup)
+        return oslo_messaging.Notifier(
+            transport, driver='nova_usage_ext', topics=[self.listener.topic],
+            publisher_id=publisher_id, retry=retry)
+
+    def dom(self, uuid):
+        return self.node.conn.lookupByUUIDString(uuid)
+
+
+class TestPassThrough(HookTestCase):
+
+    def test_outside_nova_compute_nothing_changes(self):
+        usage_service.unregister(self.service)
+        notifier = self.notifier()
+        for event in ('compute.instance.exists',
+                      'compute.instance.delete.start'):
+            notifier.info({}, event, legacy_payload(UUID0))
+        first, second = self.listener.wait_for(2)
+        self.assertEqual(legacy_payload(UUID0), first['payload'])
+        self.assertEqual('compute.instance.delete.start',
+                         second['event_type'])
+        time.sleep(0.3)
+        self.assertEqual(2, len(self.listener.messages))
+
+    def test_other_notifications_pass_unchanged(self):
+        self.notifier().info({}, 'compute.instance.create.end',
+                             legacy_payload(UUID0))
+        (message,) = self.listener.wait_for(1)
+        self.assertEqual(legacy_payload(UUID0), message['payload'])
+        self.assertEqual('compute.compute-1', message['publisher_id'])
+
+
+class TestExists(HookTestCase):
+
+    def test_legacy_exists_carries_cached_usage(self):
+        self.service.poll()
+        before = self.dom(UUID0).info()[4]
+        self.notifier().info({}, 'compute.instance.exists', legacy_payload(
+            UUID0, audit_period_beginning='2026-11-22 09:00:00',
+            audit_period_ending='2026-11-22 10:00:00'))
+        (message,) = self.listener.wait_for(1)
+        payload = message['payload']
+        self.assertEqual('2026-11-22 10:00:00',
+                         payload['audit_period_ending'])
+        usage = payload['usage']
+        self.assertEqual('InstanceUsagePayload', usage['nova_object.name'])
+        data = usage['nova_object.data']
+        self.assertEqual(UUID0, data['instance_uuid'])
+        self.assertEqual('cache', data['source'])
+        self.assertFalse(data['final'])
+        self.assertLessEqual(data['cpu_time_ns'], before)
+        period = data['period']['nova_object.data']
+        self.assertEqual(data['cpu_time_ns'], period['cpu_time_ns'])
+        self.assertIsNone(period['period_beginning'])
+
+    def test_next_period_counts_from_the_exists(self):
+        self.service.poll()
+        notifier = self.notifier()
+        notifier.info({}, 'compute.instance.exists', legacy_payload(
+            UUID0, audit_period_ending='2026-11-22 10:00:00'))
+        self.service.poll()
+        notifier.info({}, 'compute.instance.exists', legacy_payload(
+            UUID0, audit_period_ending='2026-11-22 11:00:00'))
+        first, second = self.listener.wait_for(2)
+        raw1 = first['payload']['usage']['nova_object.data']['cpu_time_ns']
+        data = second['payload']['usage']['nova_object.data']
+        period = data['period']['nova_object.data']
+        self.assertEqual('2026-11-22T10:00:00Z', period['period_beginning'])
+        # The second period has what the guest used between the two reads.
+        self.assertEqual(data['cpu_time_ns'] - raw1, period['cpu_time_ns'])
+
+    def test_exists_of_an_uncached_instance_is_read_live(self):
+        before = self.dom(UUID1).info()[4]
+        self.notifier().info({}, 'compute.instance.exists',
+                             legacy_payload(UUID1))
+        (message,) = self.listener.wait_for(1)
+        data = message['payload']['usage']['nova_object.data']
+        self.assertEqual('hypervisor', data['source'])
+        self.assertGreaterEqual(data['cpu_time_ns'], before)
+
+    def test_exists_of_an_unknown_instance_goes_out_without_usage(self):
+        uuid = '00000000-0000-0000-0000-0000000000ff'
+        self.notifier().info({}, 'compute.instance.exists',
+                             legacy_payload(uuid))
+        (message,) = self.listener.wait_for(1)
+        self.assertEqual(legacy_payload(uuid), message['payload'])
+
+    def test_versioned_exists_is_followed_by_usage(self):
+        self.service.poll()
+        notifier = self.notifier(publisher_id='nova-compute:compute-1')
+        notifier.info({}, 'instance.exists', versioned_payload(
+            UUID1, name='InstanceExistsPayload'))
+        exists, usage = self.listener.wait_for(2)
+        self.assertEqual('instance.exists', exists['event_type'])
+        self.assertEqual('instance.usage', usage['event_type'])
+        self.assertEqual('nova-compute:compute-1', usage['publisher_id'])
+        self.assertEqual(UUID1, usage['payload']['nova_object.data'][
+            'instance_uuid'])
+        self.assertNotEqual(exists['message_id'], usage['message_id'])
+
+
+class TestFinalExists(HookTestCase):
+
+    def _final_and_delete(self, event='compute.instance.delete.start',
+                          payload=None):
+        dom = self.dom(UUID0)
+        before = dom.info()[4]
+        self.notifier().info({}, event, payload or legacy_payload(UUID0))
+        after = dom.info()[4]
+        messages = self.listener.wait_for(2)
+        return before, after, messages
+
+    def test_final_exists_strictly_before_delete_start(self):
+        before, after, (final, delete) = self._final_and_delete()
+        self.assertEqual('compute.instance.exists', final['event_type'])
+        self.assertEqual('compute.instance.delete.start',
+                         delete['event_type'])
+        # (Arrival order is what counts: nova stamped delete.start when it
+        # built it, before the hook read the instance.)
+        payload = final['payload']
+        self.assertEqual(UUID0, payload['instance_id'])
+        self.assertEqual('p' * 32, payload['tenant_id'])
+        self.assertIn('audit_period_beginning', payload)
+        data = payload['usage']['nova_object.data']
+        self.assertTrue(data['final'])
+        self.assertEqual('hypervisor', data['source'])
+        # What the hypervisor held at that moment.
+        self.assertTrue(before <= data['cpu_time_ns'] <= after)
+        self.assertEqual(['vda'], [d['nova_object.data']['device']
+                                   for d in data['disks']])
+        self.assertEqual(legacy_payload(UUID0), delete['payload'])
+
+    def test_exactly_one_final_exists_when_both_formats_are_sent(self):
+        notifier = self.notifier()
+        notifier.info({}, 'compute.instance.delete.start',
+                      legacy_payload(UUID0))
+        notifier.info({}, 'instance.delete.start', versioned_payload(UUID0))
+        messages = self.listener.wait_for(3)
+        time.sleep(0.5)
+        events = [m['event_type'] for m in self.listener.messages]
+        self.assertEqual(['compute.instance.exists',
+                          'compute.instance.delete.start',
+                          'instance.delete.start'], events)
+        self.assertEqual(3, len(messages))
+
+    def test_versioned_only_deployment_gets_a_legacy_final_exists(self):
+        _b, _a, (final, delete) = self._final_and_delete(
+            'instance.delete.start', versioned_payload(UUID0))
+        self.assertEqual('compute.instance.exists', final['event_type'])
+        self.assertEqual('instance.delete.start', delete['event_type'])
+        payload = final['payload']
+        self.assertEqual(('p' * 32, 'm1.tiny', 1, 64),
+                         (payload['tenant_id'], payload['instance_type'],
+                          payload['vcpus'], payload['memory_mb']))
+        self.assertTrue(payload['usage']['nova_object.data']['final'])
+
+    def test_final_period_starts_at_the_last_exists(self):
+        self.service.poll()
+        notifier = self.notifier()
+        notifier.info({}, 'compute.instance.exists', legacy_payload(
+            UUID0, audit_period_ending='2026-11-22 10:00:00'))
+        notifier.info({}, 'compute.instance.delete.start',
+                      legacy_payload(UUID0))
+        _exists, final, _delete = self.listener.wait_for(3)
+        self.assertEqual('2026-11-22 10:00:00',
+                         final['payload']['audit_period_beginning'])
+
+    def test_instance_gone_from_the_hypervisor_uses_the_cache(self):
+        self.service.poll()
+        cached = self.service.latest(UUID0)
+        dom = self.dom(UUID0)
+        dom.destroy()
+        dom.undefine()
+        self.notifier().info({}, 'compute.instance.delete.start',
+                             legacy_payload(UUID0))
+        final, delete = self.listener.wait_for(2)
+        data = final['payload']['usage']['nova_object.data']
+        self.assertEqual('cache', data['source'])
+        self.assertTrue(data['final'])
+        self.assertEqual(cached.cpu_time_ns, data['cpu_time_ns'])
+        self.assertEqual('compute.instance.delete.start',
+                         delete['event_type'])
+
+    def test_an_exception_in_the_hook_never_reaches_nova(self):
+        self.service.poll()
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_instance',
+            side_effect=RuntimeError('hypervisor library bug')))
+        self.notifier().info({}, 'compute.instance.delete.start',
+                             legacy_payload(UUID0))
+        final, delete = self.listener.wait_for(2)
+        self.assertEqual('cache',
+                         final['payload']['usage']['nova_object.data'][
+                             'source'])
+        self.assertEqual('compute.instance.delete.start',
+                         delete['event_type'])
+        self.assertIn('hypervisor library bug', self.log.output)
+
+    def test_the_cache_forgets_the_deleted_instance(self):
+        self.service.poll()
+        self.notifier().info({}, 'compute.instance.delete.start',
+                             legacy_payload(UUID0))
+        self.listener.wait_for(2)
+        self.assertIsNone(self.service.latest(UUID0))
+        self.assertIsNone(self.service.cache.totals(UUID0))
+        self.assertIsNotNone(self.service.cache.totals(UUID1))
+
+
+class Blackhole(fixtures.Fixture):
+    """A TCP port that accepts connections and never answers: a broker
+    that hangs. Closing it ends every connection."""
+
+    def _setUp(self):
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.closed = threading.Event()
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self.addCleanup(self.close)
+
+    def _accept(self):
+        while not self.closed.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self):
+        self.closed.set()
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+class TestBudget(HookTestCase):
+    """The broker is unreachable: delete.start goes on within the budget.
+
+    The in-memory 'test' driver comes first in notification_drivers, so
+    the time at which it sees delete.start is what the hook added.
+    """
+
+    drivers = ['test', 'messagingv2']
+    budget = 0.5
+
+    def setUp(self):
+        super().setUp()
+        _impl_test.reset()
+
+    def _delete_start_delay(self, url):
+        notifier = self.notifier(url=url, retry=0)
+        started = time.monotonic()
+        seen = {}
+
+        def watch():
+            while time.monotonic() - started < 30:
+                events = [m['event_type']
+                          for _c, m, _p, _r in _impl_test.NOTIFICATIONS]
+                if 'compute.instance.delete.start' in events:
+                    seen['at'] = time.monotonic() - started
+                    seen['events'] = events
+                    return
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        sender = threading.Thread(target=notifier.info, args=(
+            {}, 'compute.instance.delete.start', legacy_payload(UUID0)))
+        sender.start()
+        watcher.join(35)
+        return seen, sender
+
+    def test_port_nobody_listens_on(self):
+        probe = socket.socket()
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        seen, sender = self._delete_start_delay(
+            'rabbit://guest:guest@127.0.0.1:%d/' % port)
+        sender.join(60)
+        self.assertFalse(sender.is_alive())
+        self.assertLess(seen['at'], self.budget + 0.3)
+        self.assertEqual(['compute.instance.exists',
+                          'compute.instance.delete.start'], seen['events'])
+
+    def test_broker_that_hangs(self):
+        hole = self.useFixture(Blackhole())
+        seen, sender = self._delete_start_delay(
+            'rabbit://guest:guest@127.0.0.1:%d/' % hole.port)
+        self.assertGreaterEqual(seen['at'], self.budget)
+        self.assertLess(seen['at'], self.budget + 0.3)
+        # The final exists reached the driver that could take it.
+        self.assertEqual(['compute.instance.exists',
+                          'compute.instance.delete.start'], seen['events'])
+        self.assertIn('could not send the final exists', self.log.output)
+        hole.close()
+        sender.join(60)
+        self.assertFalse(sender.is_alive())
