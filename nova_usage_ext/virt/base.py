@@ -114,12 +114,14 @@ class InstanceUsage:
         for disk in self.disks:
             if disk.device == device:
                 return disk
-        raise DeviceNotFound('instance %s has no disk %s' % (self.uuid, device))
+        raise DeviceNotFound('instance %s has no disk %s'
+                             % (self.uuid, device))
 
     def interface(self, name_or_mac):
         wanted = name_or_mac.lower()
         for iface in self.interfaces:
-            if iface.name == name_or_mac or (iface.mac or '').lower() == wanted:
+            if (iface.name == name_or_mac or
+                    (iface.mac or '').lower() == wanted):
                 return iface
         raise DeviceNotFound('instance %s has no interface %s'
                              % (self.uuid, name_or_mac))

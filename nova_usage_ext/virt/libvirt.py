@@ -168,7 +168,8 @@ class LibvirtUsageReader(base.UsageReader):
                 usage = self._read_listed(dom, uuid, stats, read_at)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    LOG.debug('Domain %s vanished while being read', dom.name())
+                    LOG.debug('Domain %s vanished while being read',
+                              dom.name())
                     continue
                 if is_connection_error(exc):
                     self._host_error(exc, 'read domain')
