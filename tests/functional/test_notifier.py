@@ -4,6 +4,7 @@ The hypervisor is libvirt's test driver (in process); the notifications
 are the shapes nova 34 sends.
 """
 
+import json
 import os
 import socket
 import threading
@@ -16,6 +17,7 @@ from oslo_messaging.notify import _impl_test
 
 from nova_usage_ext import conf as usage_conf
 from nova_usage_ext import counters
+from nova_usage_ext.objects import usage as usage_objects
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests import libvirt_node
@@ -384,3 +386,98 @@ class TestBudget(HookTestCase):
         hole.close()
         sender.join(60)
         self.assertFalse(sender.is_alive())
+
+
+SAMPLES = os.path.join(os.path.dirname(__file__), '..', '..', 'doc',
+                       'notification_samples')
+
+
+def load_sample(name):
+    with open(os.path.join(SAMPLES, name + '.json')) as f:
+        return json.load(f)
+
+
+# Counters a backend may leave out (absent, not zero).
+OPTIONAL = set(usage_objects.DiskUsagePayload.COUNTERS +
+               usage_objects.InterfaceUsagePayload.COUNTERS +
+               ('cpu_time_ns', 'vcpus', 'memory_mb'))
+
+
+def shape_mismatches(sample, actual, path='$'):
+    """Where ``actual`` is not shaped like ``sample``: keys, object names
+    and versions, value types (None matches any type: nullable fields)."""
+    if sample is None or actual is None:
+        return []
+    if isinstance(sample, dict):
+        if not isinstance(actual, dict):
+            return ['%s: %s is not an object' % (path, type(actual))]
+        if (set(actual) - set(sample) or
+                set(sample) - set(actual) - OPTIONAL):
+            return ['%s: keys %s != %s' % (path, sorted(sample),
+                                           sorted(actual))]
+        problems = []
+        for key in ('nova_object.name', 'nova_object.version',
+                    'nova_object.namespace'):
+            if key in sample and sample[key] != actual[key]:
+                problems.append('%s.%s: %s != %s' % (path, key, sample[key],
+                                                     actual[key]))
+        for key in set(sample) & set(actual):
+            if not key.startswith('nova_object.') or key == \
+                    'nova_object.data':
+                problems += shape_mismatches(sample[key], actual[key],
+                                             '%s.%s' % (path, key))
+        return problems
+    if isinstance(sample, list):
+        if not isinstance(actual, list):
+            return ['%s: not a list' % path]
+        problems = []
+        for index, item in enumerate(actual):
+            problems += shape_mismatches(sample[0], item,
+                                         '%s[%d]' % (path, index))
+        return problems
+    if type(sample) is not type(actual):
+        return ['%s: %s != %s' % (path, type(sample).__name__,
+                                  type(actual).__name__)]
+    return []
+
+
+class TestSamples(HookTestCase):
+    """doc/notification_samples match what the hook sends on the wire."""
+
+    def test_exists_sample(self):
+        self.service.poll()
+        self.service.period_for_exists(UUID0, None)
+        self.notifier().info({}, 'compute.instance.exists', legacy_payload(
+            UUID0, audit_period_beginning='2026-11-22 09:00:00',
+            audit_period_ending='2026-11-22 10:00:00'))
+        (message,) = self.listener.wait_for(1)
+        sample = load_sample('compute.instance.exists')
+        self.assertEqual(sample['event_type'], message['event_type'])
+        self.assertEqual(sample['priority'], message['priority'])
+        self.assertEqual([], shape_mismatches(sample['payload']['usage'],
+                                              message['payload']['usage']))
+        for key in ('audit_period_beginning', 'audit_period_ending'):
+            self.assertIn(key, message['payload'])
+
+    def test_final_exists_sample(self):
+        self.notifier().info({}, 'compute.instance.delete.start',
+                             legacy_payload(UUID0))
+        final, _delete = self.listener.wait_for(2)
+        sample = load_sample('compute.instance.exists-final')
+        self.assertEqual(sample['event_type'], final['event_type'])
+        self.assertTrue(sample['payload']['usage']['nova_object.data'][
+            'final'])
+        self.assertEqual([], shape_mismatches(sample['payload']['usage'],
+                                              final['payload']['usage']))
+
+    def test_instance_usage_sample(self):
+        self.service.poll()
+        self.notifier(publisher_id='nova-compute:compute-1').info(
+            {}, 'instance.exists', versioned_payload(
+                UUID0, name='InstanceExistsPayload'))
+        _exists, usage = self.listener.wait_for(2)
+        sample = load_sample('instance.usage')
+        self.assertEqual(sample['event_type'], usage['event_type'])
+        self.assertEqual(sample['publisher_id'], usage['publisher_id'])
+        self.assertEqual([], shape_mismatches(sample['payload'],
+                                              usage['payload']))

@@ -1,0 +1,55 @@
+"""The options and the nova.conf sample shipped in etc/."""
+
+import os
+import subprocess
+import sys
+
+import fixtures
+import testtools
+from oslo_config import cfg
+
+from nova_usage_ext import conf as usage_conf
+from nova_usage_ext import opts
+
+SAMPLE = os.path.join(os.path.dirname(__file__), '..', '..', 'etc', 'nova',
+                      'nova.conf.sample-usage')
+
+
+class TestOpts(testtools.TestCase):
+
+    def test_list_opts_names_every_option(self):
+        listed = {(group, opt.name) for group, group_opts in opts.list_opts()
+                  for opt in group_opts}
+        self.assertEqual({('DEFAULT', 'bandwidth_poll_interval'),
+                          ('usage_ext', 'cpu_poll_interval'),
+                          ('usage_ext', 'notification_drivers'),
+                          ('usage_ext', 'final_exists_budget'),
+                          ('usage_ext', 'state_dir')}, listed)
+
+    def test_sample_matches_the_generator(self):
+        out = os.path.join(self.useFixture(fixtures.TempDir()).path, 's')
+        subprocess.run([sys.executable, '-m', 'oslo_config.generator',
+                        '--namespace', 'nova_usage_ext', '--output-file',
+                        out], check=True, capture_output=True, timeout=60)
+        with open(out) as generated, open(SAMPLE) as shipped:
+            self.assertEqual(generated.read(), shipped.read(),
+                             'regenerate with tox -e genconfig')
+
+    def test_budget_below_minimum_is_a_clear_error(self):
+        conf = cfg.ConfigOpts()
+        usage_conf.register_opts(conf)
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'c')
+        with open(path, 'w') as f:
+            f.write('[usage_ext]\nfinal_exists_budget = 0\n')
+        conf(['--config-file', path])
+        exc = self.assertRaises(cfg.ConfigFileValueError, getattr,
+                                conf.usage_ext, 'final_exists_budget')
+        self.assertIn('final_exists_budget', str(exc))
+
+    def test_registering_twice_is_harmless(self):
+        conf = cfg.ConfigOpts()
+        usage_conf.register_opts(conf)
+        usage_conf.register_opts(conf)
+        conf([])
+        self.assertEqual(['messagingv2'],
+                         conf.usage_ext.notification_drivers)
