@@ -50,11 +50,20 @@ class CountingConnection:
             return CountingDomain(result, self.calls)
         return result
 
+    @staticmethod
+    def _unwrap(arg):
+        if isinstance(arg, CountingDomain):
+            return arg._dom
+        if isinstance(arg, list):
+            return [CountingConnection._unwrap(a) for a in arg]
+        return arg
+
     def __getattr__(self, attr):
         value = getattr(self._conn, attr)
         if callable(value) and attr not in LOCAL_CONNECTION_METHODS:
             def call(*args, **kwargs):
                 self.calls[attr] += 1
+                args = [self._unwrap(a) for a in args]
                 return self._wrap(value(*args, **kwargs))
             return call
         return value

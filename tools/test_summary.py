@@ -27,7 +27,8 @@ def main():
     skipped = len(result.skipped)
     for test, reason in result.skipped:
         print('SKIPPED %s: %s' % (test.id(), reason.strip()))
-    print('tests: %d passed, %d failed, %d skipped' % (passed, failed, skipped))
+    print('tests: %d passed, %d failed, %d skipped'
+          % (passed, failed, skipped))
     return 0 if result.testsRun and not failed and not skipped else 1
 
 

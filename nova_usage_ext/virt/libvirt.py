@@ -191,7 +191,11 @@ class LibvirtUsageReader(base.UsageReader):
             if nova is None:
                 raise base.InstanceNotFound(
                     'domain %s is not a nova instance' % uuid)
-            return self._read_domain(dom, nova, base.utcnow(), devices)
+            read_at = base.utcnow()
+            stats = self._one_domain_stats(conn, dom, devices)
+            if stats is None:
+                return self._read_domain(dom, nova, read_at, devices)
+            return self._from_stats(dom, nova, stats, read_at, devices)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise base.InstanceNotFound('no domain %s on this host' % uuid)
@@ -228,6 +232,27 @@ class LibvirtUsageReader(base.UsageReader):
                 self._fallback_logged = True
         return [(dom, None) for dom in conn.listAllDomains()]
 
+    def _one_domain_stats(self, conn, dom, devices):
+        """Bulk stats of one domain: the same source as ``read_all``, so
+        that a single read is never below the cycle's just before (QEMU's
+        info() counts CPU time in 10 ms steps, bulk stats in ns)."""
+        if not self._bulk:
+            return None
+        groups = STAT_GROUPS if devices else (
+            libvirt.VIR_DOMAIN_STATS_STATE |
+            libvirt.VIR_DOMAIN_STATS_CPU_TOTAL)
+        try:
+            ((_dom, stats),) = conn.domainListGetStats([dom], groups,
+                                                       self._bulk_flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
+                                        libvirt.VIR_ERR_INVALID_ARG):
+                return None
+            raise
+        except ValueError:  # no entry for the domain
+            return None
+        return stats
+
     def _read_listed(self, dom, uuid, stats, read_at):
         device_names = ()
         if stats:
@@ -240,6 +265,9 @@ class LibvirtUsageReader(base.UsageReader):
             return None
         if stats is None:
             return self._read_domain(dom, nova, read_at, True)
+        return self._from_stats(dom, nova, stats, read_at, True)
+
+    def _from_stats(self, dom, nova, stats, read_at, devices):
         state = stats.get('state.state', libvirt.VIR_DOMAIN_NOSTATE)
         if state in INACTIVE_STATES:
             return self._usage(nova, state, read_at, None)
@@ -250,9 +278,10 @@ class LibvirtUsageReader(base.UsageReader):
                 self._fallback_logged = True
                 LOG.warning('libvirt returned no bulk counters; reading '
                             'such domains one by one')
-            return self._read_domain(dom, nova, read_at, True)
-        # A domain busy with a job (migration) comes back under NOWAIT
-        # without its block group: its disks are missing this cycle only.
+            return self._read_domain(dom, nova, read_at, devices)
+        # A domain whose job another client holds (a migration, nova,
+        # another poller) comes back under NOWAIT with its disks named but
+        # without counters: they are missing this cycle only.
         return self._usage_from_stats(nova, state, stats, read_at)
 
     def _nova_domain(self, dom, uuid, device_names):
@@ -308,6 +337,8 @@ class LibvirtUsageReader(base.UsageReader):
             name = stats.get(key + 'name')
             if name not in volumes:
                 continue  # cdrom, floppy
+            if key + 'rd.reqs' not in stats:
+                continue  # busy under NOWAIT: no counters this cycle
             usage.disks.append(base.DiskUsage(
                 device=name,
                 read_bytes=stats.get(key + 'rd.bytes'),
