@@ -12,6 +12,9 @@ Per counter:
 
 * first sighting: the total starts at the raw value (everything since the
   guest's process started);
+* a reading from a new guest process (its ``generation``, libvirt's domain
+  id, changed): every counter was reset, and the raw value is added, even
+  when it is above the last one;
 * raw >= last raw: the difference is added;
 * raw < last raw: the counter was reset, and the raw value (what was
   counted since the reset) is added, never a negative difference;
@@ -39,6 +42,7 @@ afresh. The file::
          "first_seen": "<ISO>", "read_at": "<ISO>",
          "period_start": "<ISO>" or null,
          "counters": {"cpu_time_ns": COUNTER},
+         "generation": <domain id> or null,
          "disk": {"<device>": {"seen_at": "<ISO>",
                                "counters": {"read_bytes": COUNTER, ...}}},
          "interface": {"<tap>": {"seen_at": "<ISO>",
@@ -191,7 +195,7 @@ class _Device:
 
 class _Instance:
     __slots__ = ('first_seen', 'read_at', 'period_start', 'counters',
-                 'devices')
+                 'devices', 'generation')
 
     def __init__(self, first_seen: datetime.datetime,
                  read_at: datetime.datetime,
@@ -204,6 +208,24 @@ class _Instance:
         self.counters = counters if counters is not None else {}
         self.devices = devices if devices is not None else {
             DISK: {}, INTERFACE: {}}
+        self.generation = None
+
+    def new_generation(self, generation: int | str | None) -> bool:
+        """Note the guest process a reading comes from.
+
+        A new process restarts every counter from 0, even when the first
+        raw value seen from it is above the last one of the old process
+        (the guest ran a while before being read): count it as a reset.
+        """
+        changed = (generation is not None and
+                   self.generation is not None and
+                   generation != self.generation)
+        if changed:
+            for _kind, _dev, _name, counter in self.all_counters():
+                counter.last = 0
+        if generation is not None:
+            self.generation = generation
+        return changed
 
     def all_counters(self) -> Iterator[
             tuple[str | None, str | None, str, _Counter]]:
@@ -228,6 +250,7 @@ class _Instance:
             'period_start': (self.period_start.isoformat()
                              if self.period_start is not None else None),
             'counters': counters(self.counters),
+            'generation': self.generation,
         }
         for kind, devices in self.devices.items():
             data[kind] = {name: {'seen_at': d.seen_at.isoformat(),
@@ -248,9 +271,16 @@ class _Instance:
                 _name(name): _Device(_time(d['seen_at']),
                                      _counters(d['counters'], names))
                 for name, d in data[kind].items()}
-        return cls(_time(data['first_seen']), _time(data['read_at']),
-                   _time(period_start) if period_start is not None else None,
-                   _counters(data['counters'], CPU_COUNTERS), devices)
+        instance = cls(
+            _time(data['first_seen']), _time(data['read_at']),
+            _time(period_start) if period_start is not None else None,
+            _counters(data['counters'], CPU_COUNTERS), devices)
+        generation = data.get('generation')
+        if not isinstance(generation, (int, str, type(None))) or \
+                isinstance(generation, bool):
+            raise ValueError('bad generation %r' % (generation,))
+        instance.generation = generation
+        return instance
 
 
 def _time(value: object) -> datetime.datetime:
@@ -360,6 +390,9 @@ class CounterCache:
                       read_at, instance.read_at)
             return
         instance.read_at = read_at
+        if instance.new_generation(usage.generation):
+            LOG.info('Instance %s has a new guest process: its counters '
+                     'restarted from 0', usage.uuid)
         _advance(instance.counters, CPU_COUNTERS, usage)
         for kind, readings, name_field in ((DISK, usage.disks, 'device'),
                                            (INTERFACE, usage.interfaces,

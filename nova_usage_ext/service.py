@@ -12,6 +12,7 @@ itself: a slow read delays the next one.
 """
 
 import collections
+import dataclasses
 import os
 import threading
 import time
@@ -59,12 +60,9 @@ def current():
 
 def only_kinds(usage, kinds):
     """A copy of a reading keeping only the counters of ``kinds``."""
-    return base.InstanceUsage(
-        uuid=usage.uuid, name=usage.name, display_name=usage.display_name,
-        project_id=usage.project_id, user_id=usage.user_id,
-        flavor=usage.flavor, state=usage.state, read_at=usage.read_at,
+    return dataclasses.replace(
+        usage,
         cpu_time_ns=usage.cpu_time_ns if CPU in kinds else None,
-        vcpus=usage.vcpus, memory_mb=usage.memory_mb,
         disks=list(usage.disks) if DISKS in kinds else [],
         interfaces=list(usage.interfaces) if INTERFACES in kinds else [])
 

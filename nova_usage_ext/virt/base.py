@@ -105,6 +105,9 @@ class InstanceUsage:
     memory_mb: int | None = None
     disks: list[DiskUsage] = dataclasses.field(default_factory=list)
     interfaces: list[InterfaceUsage] = dataclasses.field(default_factory=list)
+    # Changes whenever the guest gets a new process (libvirt: the domain
+    # id), i.e. whenever every counter restarts from 0; None if unknown.
+    generation: int | str | None = None
 
     @property
     def state_name(self):

@@ -282,7 +282,7 @@ class LibvirtUsageReader(base.UsageReader):
         # A domain whose job another client holds (a migration, nova,
         # another poller) comes back under NOWAIT with its disks named but
         # without counters: they are missing this cycle only.
-        return self._usage_from_stats(nova, state, stats, read_at)
+        return self._usage_from_stats(nova, state, stats, read_at, dom.ID())
 
     def _nova_domain(self, dom, uuid, device_names):
         """The parsed XML of a domain, from cache or parsed now."""
@@ -312,9 +312,11 @@ class LibvirtUsageReader(base.UsageReader):
             for uuid in [u for u in self._cache if u not in seen]:
                 del self._cache[uuid]
 
-    def _usage(self, nova, libvirt_state, read_at, cpu_time_ns):
+    def _usage(self, nova, libvirt_state, read_at, cpu_time_ns,
+               domain_id=None):
         flavor = nova.flavor
         return base.InstanceUsage(
+            generation=domain_id,
             uuid=nova.uuid,
             name=nova.name,
             display_name=nova.display_name,
@@ -329,8 +331,9 @@ class LibvirtUsageReader(base.UsageReader):
                        else nova.memory_mb),
         )
 
-    def _usage_from_stats(self, nova, state, stats, read_at):
-        usage = self._usage(nova, state, read_at, stats.get('cpu.time'))
+    def _usage_from_stats(self, nova, state, stats, read_at, domain_id):
+        usage = self._usage(nova, state, read_at, stats.get('cpu.time'),
+                            domain_id)
         volumes = dict(nova.disks)
         for i in range(stats.get('block.count', 0)):
             key = 'block.%d.' % i
@@ -369,7 +372,7 @@ class LibvirtUsageReader(base.UsageReader):
         state, _max_kib, _mem_kib, _nr_vcpus, cpu_time = dom.info()
         if state in INACTIVE_STATES:
             return self._usage(nova, state, read_at, None)
-        usage = self._usage(nova, state, read_at, cpu_time)
+        usage = self._usage(nova, state, read_at, cpu_time, dom.ID())
         if not devices:
             return usage
         for dev, volume_id in nova.disks:

@@ -26,7 +26,7 @@ def _at(minutes):
 
 
 def reading(minutes=0, uuid=UUID, cpu=None, disks=None, interfaces=None,
-            state=base.RUNNING):
+            state=base.RUNNING, generation=None):
     """One InstanceUsage as a reader returns it.
 
     :param disks: {device: {counter: raw}}, or {device: raw} to set every
@@ -41,7 +41,7 @@ def reading(minutes=0, uuid=UUID, cpu=None, disks=None, interfaces=None,
     return base.InstanceUsage(
         uuid=uuid, name='instance-1', display_name='web', project_id='p',
         user_id='u', flavor=None, state=state, read_at=_at(minutes),
-        cpu_time_ns=cpu,
+        cpu_time_ns=cpu, generation=generation,
         disks=[base.DiskUsage(device=name,
                               **expand(counters.DISK_COUNTERS, values))
                for name, values in (disks or {}).items()],
@@ -126,6 +126,42 @@ class TestCounting(CacheTestCase):
             self.assertGreaterEqual(totals.cpu_time_ns, previous)
             previous = totals.cpu_time_ns
             self.assertNoNegativeUsage(cache.period_usage(UUID))
+
+    def test_new_guest_process_is_a_reset_even_above_the_last_value(self):
+        # Stopped and started between two reads, the guest ran longer in
+        # its new process than the old one had: no drop to see, but the
+        # domain id tells.
+        cache = self.make_cache()
+        cache.update_one(reading(0, cpu=100, disks={'vda': 10},
+                                 interfaces={'tap1': 7}, generation=4))
+        cache.update_one(reading(10, cpu=150, disks={'vda': 12},
+                                 interfaces={'tap1': 9}, generation=4))
+        cache.update_one(reading(20, cpu=400, disks={'vda': 30},
+                                 generation=5))
+        totals = cache.totals(UUID)
+        self.assertEqual(150 + 400, totals.cpu_time_ns)
+        self.assertEqual(12 + 30, totals.disks['vda'].read_bytes)
+        # The interface missed that reading: its next one counts whole too.
+        cache.update_one(reading(30, cpu=410, interfaces={'tap1': 8},
+                                 generation=5))
+        self.assertEqual(9 + 8, cache.totals(UUID).interfaces['tap1'].rx_bytes)
+        self.assertEqual(150 + 410, cache.totals(UUID).cpu_time_ns)
+        self.assertIn('new guest process', self.log.output)
+
+    def test_generation_survives_a_restart_of_nova_compute(self):
+        cache = self.make_cache()
+        cache.update_one(reading(0, cpu=100, generation=4))
+        cache.save()
+        cache = self.make_cache()
+        cache.update_one(reading(10, cpu=300, generation=6))
+        self.assertEqual(400, cache.totals(UUID).cpu_time_ns)
+
+    def test_unknown_generation_changes_nothing(self):
+        cache = self.make_cache()
+        cache.update_one(reading(0, cpu=100, generation=4))
+        cache.update_one(reading(10, cpu=300))
+        cache.update_one(reading(20, cpu=350, generation=4))
+        self.assertEqual(350, cache.totals(UUID).cpu_time_ns)
 
     def test_one_device_reset_leaves_the_others_alone(self):
         cache = self.make_cache()
