@@ -195,10 +195,13 @@ def cpu_time_ns(average_mhz, window_ns, clock_mhz):
     Hyper-V's ``Aggregated Average CPU Utilization`` (an
     ``Msvm_AggregationMetricValue``) is the VM's average CPU use in MHz
     over the metering window, ``AggregationDuration`` long, ending at
-    ``AggregationTimeStamp``: Microsoft defines it as utilization times
+    ``AggregationTimeStamp``. Microsoft defines it as utilization times
     processor speed ("50% on a host with a CPU running at 3GHz, we would
-    report 1500MHz"), summed over the VM's virtual processors, so that it
-    stays meaningful when the VM moves to a host with another clock.
+    report 1500MHz"), in MHz rather than percent so that it stays
+    meaningful when the VM moves to a host with another clock. Their
+    example has one processor; for several vCPUs this reads it as the sum
+    over them (cycles per second used), the only reading that keeps the
+    figure independent of the host's size.
 
     Cycles used over the window are ``average_mhz * 1e6 * window_s``; one
     logical processor runs ``clock_mhz * 1e6`` cycles a second; so::
@@ -328,6 +331,7 @@ class HyperVUsageReader(base.UsageReader):
         return usages
 
     def read_instance(self, uuid, devices=True):
+        uuid = uuid.lower()
         names = [name for name, vm_uuid in self._nova_vms()
                  if vm_uuid == uuid]
         if not names:
@@ -338,7 +342,7 @@ class HyperVUsageReader(base.UsageReader):
                                  enable=False)
         except _Vanished:
             raise base.InstanceNotFound('VM %s (instance %s) vanished'
-                                        % (names[0], uuid))
+                                        % (names[0], uuid)) from None
         except OS_WIN_ERRORS as exc:
             raise base.HypervisorUnavailable(
                 'Hyper-V failed to read VM %s: %s' % (names[0], exc))
@@ -486,9 +490,17 @@ class HyperVUsageReader(base.UsageReader):
         return value
 
     def _disks(self, metricsutils_, name):
+        try:
+            all_metrics = list(metricsutils_.get_disk_metrics(name))
+        except KeyError as exc:
+            # Hyper-V before 2012 R2 has no disk metrics.
+            self._log_once('disk-definition', logging.WARNING,
+                           'Hyper-V has no %s metric: disks are not read',
+                           exc)
+            return []
         disks = []
         seen = set()
-        for metrics in metricsutils_.get_disk_metrics(name):
+        for metrics in all_metrics:
             path = metrics['host_resource']
             if ntpath.splitext(path or '')[1].lower() == '.iso':
                 continue  # DVD media: never metered
@@ -506,6 +518,11 @@ class HyperVUsageReader(base.UsageReader):
     def _interfaces(self, metricsutils_, name):
         try:
             vnics = list(metricsutils_.get_vnic_metrics(name))
+        except KeyError as exc:
+            self._log_once('vnic-definition', logging.WARNING,
+                           'Hyper-V has no %s metric: interfaces are not '
+                           'read', exc)
+            return []
         except IndexError:
             # os-win matches each switch port to a synthetic NIC and fails
             # on ports of other adapters (legacy network adapters).
