@@ -78,14 +78,20 @@ class UsageDriverMixin:
             usage = by_uuid.get(instance.uuid)
             if usage is None:
                 continue
+            by_volume = {d.volume_id: d for d in usage.disks if d.volume_id}
             for bdm in entry['instance_bdms']:
-                device = (bdm['device_name'] or '').removeprefix('/dev/')
-                try:
-                    disk = usage.disk(device)
-                except base.DeviceNotFound:
-                    LOG.debug('Volume %s of %s not seen on the hypervisor',
-                              bdm['volume_id'], instance.uuid)
-                    continue
+                # The volume id the hypervisor knows (libvirt's <serial>)
+                # first: device names in nova's BDMs can be stale.
+                disk = by_volume.get(bdm['volume_id'])
+                if disk is None:
+                    device = (bdm['device_name'] or '').removeprefix('/dev/')
+                    try:
+                        disk = usage.disk(device)
+                    except base.DeviceNotFound:
+                        LOG.debug('Volume %s of %s not seen on the '
+                                  'hypervisor', bdm['volume_id'],
+                                  instance.uuid)
+                        continue
                 if disk.read_requests is None:
                     continue
                 result.append(dict(volume=bdm['volume_id'],

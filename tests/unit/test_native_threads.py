@@ -5,8 +5,9 @@ import sys
 
 import testtools
 
-LIBRARY_MODULES = ('nova_usage_ext.virt.libvirt', 'nova_usage_ext.exists',
-                   'nova_usage_ext.objects.usage')
+LIBRARY_MODULES = ('nova_usage_ext.virt.libvirt', 'nova_usage_ext.virt.hyperv',
+                   'nova_usage_ext.exists', 'nova_usage_ext.objects.usage',
+                   'nova_usage_ext.notifier', 'nova_usage_ext.service')
 
 
 def _run(code):

@@ -101,6 +101,13 @@ class TestVolumeUsage(DriverTestCase):
                                      'wr_bytes')):
             self.assertTrue(before[index] <= usage[key] <= after[index], key)
 
+    def test_volume_found_by_its_id_when_the_device_name_is_stale(self):
+        bdms = [{'instance': instance(0), 'instance_bdms': [
+            {'device_name': '/dev/vdc', 'volume_id': VOLUME}]}]
+        (usage,) = self.driver.get_all_volume_usage(None, bdms)
+        self.assertEqual(VOLUME, usage['volume'])
+        self.assertGreater(usage['rd_bytes'], 0)
+
     def test_hypervisor_down_gives_empty_list(self):
         driver = libvirt_usage.LibvirtUsageHost(
             libvirt_usage.LibvirtConnection(
