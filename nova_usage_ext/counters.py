@@ -41,7 +41,7 @@ afresh. The file::
        "<uuid>": {
          "first_seen": "<ISO>", "read_at": "<ISO>",
          "period_start": "<ISO>" or null,
-         "counters": {"cpu_time_ns": COUNTER},
+         "counters": {"cpu_time_ns": COUNTER, "vcpu_time_ns": COUNTER},
          "generation": <domain id> or null,
          "disk": {"<device>": {"seen_at": "<ISO>",
                                "counters": {"read_bytes": COUNTER, ...}}},
@@ -74,7 +74,7 @@ _TEMP_SUFFIX = '.tmp'
 
 DISK = 'disk'
 INTERFACE = 'interface'
-CPU_COUNTERS = ('cpu_time_ns',)
+CPU_COUNTERS = ('cpu_time_ns', 'vcpu_time_ns')
 DISK_COUNTERS = ('read_bytes', 'read_requests', 'write_bytes',
                  'write_requests')
 INTERFACE_COUNTERS = ('rx_bytes', 'rx_packets', 'rx_errors', 'rx_drops',
@@ -123,6 +123,7 @@ class UsageCounters:
     read_at: datetime.datetime
     period_start: datetime.datetime | None
     cpu_time_ns: int | None = None
+    vcpu_time_ns: int | None = None
     disks: dict[str, DiskCounters] = dataclasses.field(default_factory=dict)
     interfaces: dict[str, InterfaceCounters] = dataclasses.field(
         default_factory=dict)

@@ -63,6 +63,7 @@ def only_kinds(usage, kinds):
     return dataclasses.replace(
         usage,
         cpu_time_ns=usage.cpu_time_ns if CPU in kinds else None,
+        vcpu_time_ns=usage.vcpu_time_ns if CPU in kinds else None,
         disks=list(usage.disks) if DISKS in kinds else [],
         interfaces=list(usage.interfaces) if INTERFACES in kinds else [])
 
@@ -75,6 +76,7 @@ def merge(previous, new, kinds):
     merged = only_kinds(new, kinds)
     if CPU not in kinds:
         merged.cpu_time_ns = previous.cpu_time_ns
+        merged.vcpu_time_ns = previous.vcpu_time_ns
     if DISKS not in kinds:
         merged.disks = list(previous.disks)
     if INTERFACES not in kinds:

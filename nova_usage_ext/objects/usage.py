@@ -121,11 +121,13 @@ class PeriodUsagePayload(base.UsageObject):
     the counter cache adds what was counted after a reset.
     """
     # Version 1.0: initial version
-    VERSION = '1.0'
+    # Version 1.1: added vcpu_time_ns
+    VERSION = '1.1'
 
     fields = {
         'period_beginning': fields.DateTimeField(nullable=True),
         'cpu_time_ns': fields.NonNegativeIntegerField(),
+        'vcpu_time_ns': fields.NonNegativeIntegerField(),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
         'interfaces': fields.ListOfObjectsField('InterfaceUsagePayload'),
     }
@@ -135,6 +137,12 @@ class PeriodUsagePayload(base.UsageObject):
         'disks': [('1.0', '1.0')],
         'interfaces': [('1.0', '1.0')],
     }
+
+    def obj_make_compatible(self, primitive, target_version):
+        super().obj_make_compatible(primitive, target_version)
+        target = versionutils.convert_version_to_tuple(target_version)
+        if target < (1, 1):
+            primitive.pop('vcpu_time_ns', None)
 
     @classmethod
     def from_counters(cls, period):
@@ -147,7 +155,7 @@ class PeriodUsagePayload(base.UsageObject):
                    for name, disk in sorted(period.disks.items())],
             interfaces=[InterfaceUsagePayload.from_counters(name, iface)
                         for name, iface in sorted(period.interfaces.items())])
-        _set_present(obj, period, ('cpu_time_ns',))
+        _set_present(obj, period, ('cpu_time_ns', 'vcpu_time_ns'))
         return obj
 
 
@@ -160,7 +168,8 @@ class InstanceUsagePayload(base.UsageObject):
     """
     # Version 1.0: initial version
     # Version 1.1: added final, source and period
-    VERSION = '1.1'
+    # Version 1.2: added vcpu_time_ns (and period 1.1 with it)
+    VERSION = '1.2'
 
     fields = {
         'instance_uuid': fields.UUIDField(),
@@ -172,6 +181,7 @@ class InstanceUsagePayload(base.UsageObject):
         'flavor_name': fields.StringField(nullable=True),
         'power_state': fields.StringField(),
         'cpu_time_ns': fields.NonNegativeIntegerField(),
+        'vcpu_time_ns': fields.NonNegativeIntegerField(),
         'vcpus': fields.NonNegativeIntegerField(),
         'memory_mb': fields.NonNegativeIntegerField(),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
@@ -191,7 +201,7 @@ class InstanceUsagePayload(base.UsageObject):
         'disks': [('1.0', '1.0')],
         'interfaces': [('1.0', '1.0')],
         'volumes': [('1.0', '1.0')],
-        'period': [('1.1', '1.0')],
+        'period': [('1.1', '1.0'), ('1.2', '1.1')],
     }
 
     def obj_make_compatible(self, primitive, target_version):
@@ -199,6 +209,8 @@ class InstanceUsagePayload(base.UsageObject):
         # version (period) by obj_relationships; plain fields are ours.
         super().obj_make_compatible(primitive, target_version)
         target = versionutils.convert_version_to_tuple(target_version)
+        if target < (1, 2):
+            primitive.pop('vcpu_time_ns', None)
         if target < (1, 1):
             for name in ('final', 'source', 'period'):
                 primitive.pop(name, None)
@@ -231,5 +243,6 @@ class InstanceUsagePayload(base.UsageObject):
                      for d in usage.disks if d.volume_id],
             read_at=usage.read_at,
         )
-        _set_present(obj, usage, ('cpu_time_ns', 'vcpus', 'memory_mb'))
+        _set_present(obj, usage, ('cpu_time_ns', 'vcpu_time_ns', 'vcpus',
+                                  'memory_mb'))
         return obj

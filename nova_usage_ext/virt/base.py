@@ -100,7 +100,12 @@ class InstanceUsage:
     flavor: Flavor | None
     state: int
     read_at: datetime.datetime
+    # CPU time of the whole guest process (emulator threads included).
     cpu_time_ns: int | None = None
+    # CPU time of the guest's vCPUs: each vCPU's run time plus the time
+    # it waited for a host CPU, what ceilometer's ``cpu`` meter counts;
+    # like ceilometer, cpu_time_ns where per-vCPU times are incomplete.
+    vcpu_time_ns: int | None = None
     vcpus: int | None = None
     memory_mb: int | None = None
     disks: list[DiskUsage] = dataclasses.field(default_factory=list)

@@ -49,8 +49,10 @@ CONNECTION_ERRORS = frozenset((libvirt.VIR_ERR_NO_CONNECT,
                                libvirt.VIR_ERR_SYSTEM_ERROR,
                                libvirt.VIR_ERR_RPC))
 
-STAT_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE |
-               libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+CPU_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE |
+              libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+              libvirt.VIR_DOMAIN_STATS_VCPU)
+STAT_GROUPS = (CPU_GROUPS |
                libvirt.VIR_DOMAIN_STATS_INTERFACE |
                libvirt.VIR_DOMAIN_STATS_BLOCK)
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
@@ -67,6 +69,27 @@ def _positive_or_none(value):
     if value is None or value < 0:
         return None
     return value
+
+
+def vcpu_time(stats):
+    """Sum of each vCPU's time and wait, or None unless every current vCPU
+    reports both (the vcpu.<n> entries may have holes).
+
+    The reader then falls back to the process's CPU time, as ceilometer's
+    inspector does for its ``cpu`` meter.
+    """
+    total = 0
+    found = 0
+    for index in range(stats.get('vcpu.maximum', 0)):
+        run = stats.get('vcpu.%d.time' % index)
+        wait = stats.get('vcpu.%d.wait' % index)
+        if run is None or wait is None:
+            continue
+        total += run + wait
+        found += 1
+    if not found or found != stats.get('vcpu.current'):
+        return None
+    return total
 
 
 def is_connection_error(exc):
@@ -238,9 +261,7 @@ class LibvirtUsageReader(base.UsageReader):
         info() counts CPU time in 10 ms steps, bulk stats in ns)."""
         if not self._bulk:
             return None
-        groups = STAT_GROUPS if devices else (
-            libvirt.VIR_DOMAIN_STATS_STATE |
-            libvirt.VIR_DOMAIN_STATS_CPU_TOTAL)
+        groups = STAT_GROUPS if devices else CPU_GROUPS
         try:
             ((_dom, stats),) = conn.domainListGetStats([dom], groups,
                                                        self._bulk_flags)
@@ -334,6 +355,9 @@ class LibvirtUsageReader(base.UsageReader):
     def _usage_from_stats(self, nova, state, stats, read_at, domain_id):
         usage = self._usage(nova, state, read_at, stats.get('cpu.time'),
                             domain_id)
+        usage.vcpu_time_ns = vcpu_time(stats)
+        if usage.vcpu_time_ns is None:
+            usage.vcpu_time_ns = usage.cpu_time_ns
         volumes = dict(nova.disks)
         for i in range(stats.get('block.count', 0)):
             key = 'block.%d.' % i
@@ -373,6 +397,9 @@ class LibvirtUsageReader(base.UsageReader):
         if state in INACTIVE_STATES:
             return self._usage(nova, state, read_at, None)
         usage = self._usage(nova, state, read_at, cpu_time, dom.ID())
+        # Per-domain calls give no per-vCPU wait time: the process's CPU
+        # time stands in, as in ceilometer's inspector.
+        usage.vcpu_time_ns = cpu_time
         if not devices:
             return usage
         for dev, volume_id in nova.disks:

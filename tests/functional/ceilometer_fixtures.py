@@ -59,7 +59,7 @@ CUMULATIVE = 'cumulative'
 # payload field). They are ceilometer's compute pollsters' meters of the
 # same names (ceilometer/compute/pollsters/*.py).
 METERS = {
-    'cpu': (CUMULATIVE, 'ns', 'instance', 'cpu_time_ns'),
+    'cpu': (CUMULATIVE, 'ns', 'instance', 'vcpu_time_ns'),
     'disk.device.read.bytes': (CUMULATIVE, 'B', 'disk', 'read_bytes'),
     'disk.device.read.requests': (CUMULATIVE, 'request', 'disk',
                                   'read_requests'),

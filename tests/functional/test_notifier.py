@@ -400,7 +400,7 @@ def load_sample(name):
 # Counters a backend may leave out (absent, not zero).
 OPTIONAL = set(usage_objects.DiskUsagePayload.COUNTERS +
                usage_objects.InterfaceUsagePayload.COUNTERS +
-               ('cpu_time_ns', 'vcpus', 'memory_mb'))
+               ('cpu_time_ns', 'vcpu_time_ns', 'vcpus', 'memory_mb'))
 
 
 def shape_mismatches(sample, actual, path='$'):

@@ -19,9 +19,9 @@ objects.register_all()
 EXPECTED_FINGERPRINTS = {
     'AttachedVolumeUsagePayload': '1.0-370409d6e1798ef7371c5e8eda4aba82',
     'DiskUsagePayload': '1.0-0d4e84591e7f4bb005a7d78a0642eee2',
-    'InstanceUsagePayload': '1.1-1c7a4160ba8c823260d83ad339e6cad4',
+    'InstanceUsagePayload': '1.2-2c090b7a815933765498fd2aba6b21b3',
     'InterfaceUsagePayload': '1.0-7e29e472326cacb5393a2d7d2b72048f',
-    'PeriodUsagePayload': '1.0-1102a78c9c4b21482b2d50d503cac744',
+    'PeriodUsagePayload': '1.1-ee1a40fd4a3bf93d03485f2181dfac92',
 }
 
 READ_AT = datetime.datetime(2026, 11, 22, 10, 30, 0, 250000,
@@ -35,6 +35,7 @@ def sample_usage():
         project_id='p' * 32, user_id='u' * 32,
         flavor=base.Flavor('m1.small', 1, 2048, 20, 0, 0),
         state=base.RUNNING, read_at=READ_AT, cpu_time_ns=123456789,
+        vcpu_time_ns=120000000,
         vcpus=1, memory_mb=2048,
         disks=[base.DiskUsage('vda', 10, 1, 20, 2, None, 21474836480),
                base.DiskUsage('vdb', 30, 3, 40, 4, 0, 1073741824,
@@ -87,7 +88,7 @@ class TestWireFormat(testtools.TestCase):
                          self.wire['nova_object.name'])
         self.assertEqual('nova_usage_ext',
                          self.wire['nova_object.namespace'])
-        self.assertEqual('1.1', self.wire['nova_object.version'])
+        self.assertEqual('1.2', self.wire['nova_object.version'])
 
     def test_fields(self):
         data = self.wire['nova_object.data']
@@ -173,6 +174,29 @@ class TestWireFormat(testtools.TestCase):
         self.assertEqual('tap1', iface['name'])
         self.assertEqual(20, iface['tx_bytes'])
         self.assertNotIn('tx_errors', iface)
+
+    def test_older_consumers_get_1_1(self):
+        start = datetime.datetime(2026, 11, 22, 10, 0,
+                                  tzinfo=datetime.timezone.utc)
+        period = counters.UsageCounters(
+            uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001', first_seen=start,
+            read_at=READ_AT, period_start=start, cpu_time_ns=50,
+            vcpu_time_ns=40)
+        wire = usage_objects.InstanceUsagePayload.from_record(
+            sample_usage(), period=period).to_wire('1.1')
+        self.assertEqual('1.1', wire['nova_object.version'])
+        data = wire['nova_object.data']
+        self.assertNotIn('vcpu_time_ns', data)
+        self.assertEqual(123456789, data['cpu_time_ns'])
+        self.assertEqual('1.0', data['period']['nova_object.version'])
+        self.assertEqual({'period_beginning', 'cpu_time_ns', 'disks',
+                          'interfaces'},
+                         set(data['period']['nova_object.data']))
+        current = usage_objects.InstanceUsagePayload.from_record(
+            sample_usage(), period=period).to_wire()['nova_object.data']
+        self.assertEqual(120000000, current['vcpu_time_ns'])
+        self.assertEqual(40, current['period']['nova_object.data'][
+            'vcpu_time_ns'])
 
     def test_older_consumers_get_1_0(self):
         wire = usage_objects.InstanceUsagePayload.from_record(

@@ -96,6 +96,8 @@ class TestCounters(ReaderTestCase):
         self.assertEqual(base.RUNNING, usage.state)
         self.assertEqual('running', usage.state_name)
         self.assertTrue(before_cpu <= usage.cpu_time_ns <= after_cpu)
+        # No per-vCPU times per domain: the process's stands in.
+        self.assertEqual(usage.cpu_time_ns, usage.vcpu_time_ns)
         self.assertEqual(['vda', 'vdb'], [d.device for d in usage.disks])
         disk = usage.disk('vdb')
         for index, attr in enumerate(('read_requests', 'read_bytes',
@@ -161,13 +163,13 @@ class TestBulkCall(ReaderTestCase):
         stats, flags = seen[0]
         self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
                          libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+                         libvirt.VIR_DOMAIN_STATS_VCPU |
                          libvirt.VIR_DOMAIN_STATS_INTERFACE |
                          libvirt.VIR_DOMAIN_STATS_BLOCK, stats)
         self.assertTrue(flags &
                         libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
-        # The expensive groups are never asked for.
-        self.assertFalse(stats & (libvirt.VIR_DOMAIN_STATS_BALLOON |
-                                  libvirt.VIR_DOMAIN_STATS_VCPU))
+        # The balloon group queries the guest: never asked for.
+        self.assertFalse(stats & libvirt.VIR_DOMAIN_STATS_BALLOON)
 
     def test_xml_parsed_once_per_domain_across_cycles(self):
         node = self.make_node(libvirt_node.nova_test_domain(0),
@@ -209,6 +211,28 @@ class TestBulkCall(ReaderTestCase):
         self.assertEqual(1, len(usage.disks))
         reader.read_all()
         self.assertEqual(1, self.log.output.count('has no bulk stats API'))
+
+
+class TestVcpuTime(testtools.TestCase):
+    """ceilometer's cpu meter: each vCPU's time plus wait, all or none."""
+
+    def test_sum_of_time_and_wait(self):
+        self.assertEqual(10 + 1 + 20 + 2, libvirt_usage.vcpu_time({
+            'vcpu.current': 2, 'vcpu.maximum': 4,
+            'vcpu.0.time': 10, 'vcpu.0.wait': 1,
+            'vcpu.1.time': 20, 'vcpu.1.wait': 2}))
+
+    def test_holes_are_skipped(self):
+        self.assertEqual(33, libvirt_usage.vcpu_time({
+            'vcpu.current': 2, 'vcpu.maximum': 3,
+            'vcpu.0.time': 10, 'vcpu.0.wait': 1,
+            'vcpu.2.time': 20, 'vcpu.2.wait': 2}))
+
+    def test_incomplete_is_absent(self):
+        self.assertIsNone(libvirt_usage.vcpu_time({
+            'vcpu.current': 2, 'vcpu.maximum': 2,
+            'vcpu.0.time': 10, 'vcpu.0.wait': 1, 'vcpu.1.time': 20}))
+        self.assertIsNone(libvirt_usage.vcpu_time({'cpu.time': 5}))
 
 
 class TestFailures(ReaderTestCase):
