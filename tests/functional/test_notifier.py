@@ -369,7 +369,7 @@ class TestBudget(HookTestCase):
             'rabbit://guest:guest@127.0.0.1:%d/' % port)
         sender.join(60)
         self.assertFalse(sender.is_alive())
-        self.assertLess(seen['at'], self.budget + 0.3)
+        self.assertLess(seen['at'], self.budget + 1.0)
         self.assertEqual(['compute.instance.exists',
                           'compute.instance.delete.start'], seen['events'])
 
@@ -378,7 +378,7 @@ class TestBudget(HookTestCase):
         seen, sender = self._delete_start_delay(
             'rabbit://guest:guest@127.0.0.1:%d/' % hole.port)
         self.assertGreaterEqual(seen['at'], self.budget)
-        self.assertLess(seen['at'], self.budget + 0.3)
+        self.assertLess(seen['at'], self.budget + 1.0)
         # The final exists reached the driver that could take it.
         self.assertEqual(['compute.instance.exists',
                           'compute.instance.delete.start'], seen['events'])
