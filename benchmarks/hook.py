@@ -1,0 +1,458 @@
+"""Part 3: what the notifier-driver hook adds to instance.delete.start.
+
+nova calls its notifier and waits for it: whatever the ``nova_usage_ext``
+driver does before it passes ``compute.instance.delete.start`` on (read
+the instance, build and send the final exists) delays the delete by that
+much. Measured over the real RabbitMQ, deletes alternating with a plain
+``messagingv2`` notifier on the same transport:
+
+- *passed on after*: from ``Notifier.info()`` being called to the wrapped
+  messagingv2 driver receiving delete.start (for the plain notifier: to its
+  driver receiving it);
+- *call returns after*: the whole ``Notifier.info()`` (both include
+  sending delete.start itself).
+
+The usage service is registered as in nova-compute, over libvirt's test
+driver in the daemon; its counter cache (a file, as in nova-compute) holds
+``host`` instances at every delete (one run per host size): a window of
+the host's instances is polled (untimed) before each one. Then the broker
+is taken away, in two ways (as tests/functional/test_notifier.py
+TestBudget does): a port nobody listens on, and a port that accepts
+connections and never answers; with ``[usage_ext] final_exists_budget``
+= ``budget``.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+
+import kombu
+import libvirt
+import oslo_messaging
+
+from benchmarks import common
+from benchmarks import testdriver
+from nova_usage_ext import conf as usage_conf
+from nova_usage_ext import counters
+from nova_usage_ext import notifier as usage_notifier
+from nova_usage_ext import service as usage_service
+from nova_usage_ext.virt import libvirt as libvirt_usage
+from tests import libvirt_calls
+from tests.functional import bus
+from tests.functional import test_notifier
+
+DELETE_START = 'compute.instance.delete.start'
+WARMUP = 10
+PRIORITIES = ('audit', 'debug', 'info', 'warn', 'error', 'critical',
+              'sample')
+
+
+def delete_queues(topic):
+    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
+                          connect_timeout=5) as conn:
+        channel = conn.channel()
+        for priority in PRIORITIES:
+            try:
+                channel.queue_delete('%s.%s' % (topic, priority))
+            except Exception:
+                channel = conn.channel()
+
+
+def drain(queue):
+    """Every message in a queue (oslo envelopes opened), oldest first."""
+    messages = []
+    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
+                          connect_timeout=5) as conn:
+        channel = conn.channel()
+        while True:
+            msg = channel.basic_get(queue, no_ack=True)
+            if msg is None:
+                break
+            body = json.loads(msg.body)
+            if 'oslo.message' in body:
+                body = json.loads(body['oslo.message'])
+            messages.append(body)
+    return messages
+
+
+def queue_depth(queue):
+    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
+                          connect_timeout=5) as conn:
+        channel = conn.channel()
+        try:
+            return channel.queue_declare(queue=queue, passive=True)[1]
+        except Exception:
+            return None
+
+
+class PassClock:
+    """Wraps a driver object's ``notify``: when delete.start reaches it."""
+
+    def __init__(self, driver):
+        self.at = None
+        self.event = threading.Event()
+        real = driver.notify
+
+        def notify(ctxt, msg, priority, retry):
+            if msg.get('event_type') == DELETE_START:
+                self.at = time.perf_counter()
+                self.event.set()
+            return real(ctxt, msg, priority, retry)
+
+        driver.notify = notify
+
+    def arm(self):
+        self.at = None
+        self.event.clear()
+
+
+class Breakdown:
+    """Time of the hook's steps per delete, by wrapping them on the
+    instances (the package's code is not changed)."""
+
+    def __init__(self):
+        self.current = {}
+        self.per_delete = []
+        self.enabled = False
+
+    def wrap(self, obj, attr, name, when=None):
+        real = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            if not self.enabled or (when is not None and
+                                    not when(*args, **kwargs)):
+                return real(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.current[name] = (self.current.get(name, 0.0) +
+                                      time.perf_counter() - t0)
+
+        setattr(obj, attr, timed)
+
+    def start(self):
+        self.current = {}
+        self.enabled = True
+
+    def stop(self, keep):
+        self.enabled = False
+        if keep:
+            self.per_delete.append(self.current)
+
+    def summary(self):
+        names = sorted({n for d in self.per_delete for n in d})
+        return {n: _ms_summary([d.get(n, 0.0) for d in self.per_delete])
+                for n in names}
+
+
+STEPS = (('read_now', 'read the instance (service.read_now)'),
+         ('final_message', 'build the final exists (payload with period)'),
+         ('send_final', 'send the final exists (messagingv2)'),
+         ('forget', 'forget the instance (cache update + save)'))
+
+
+def _usage_driver(notifier):
+    (ext,) = notifier._driver_mgr.extensions
+    assert isinstance(ext.obj, usage_notifier.UsageNotifierDriver), ext.obj
+    return ext.obj
+
+
+def _inner_driver(usage_driver):
+    (ext,) = usage_driver._drivers.extensions
+    return ext.obj
+
+
+def _ms_summary(values):
+    s = common.summary([v * 1e3 for v in values])
+    if s is not None:
+        s['p99'] = common.percentile([v * 1e3 for v in values], 99)
+        s['p50'] = s['median']
+    return s
+
+
+class HookBench:
+
+    def __init__(self, deletes, down_deletes, host_sizes, log):
+        self.log = log
+        self.deletes = deletes
+        self.down_deletes = down_deletes
+        self.host_sizes = list(host_sizes)
+        self.host = self.host_sizes[0]
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        with common.shielded():
+            self.stack.close()
+        return False
+
+    def setup(self):
+        total = (len(self.host_sizes) * (WARMUP + self.deletes) +
+                 2 * self.down_deletes + max(self.host_sizes))
+        self.log('hook: %d test-driver domains, RabbitMQ at %s'
+                 % (total, bus.RABBIT_URL))
+        self.domains = testdriver.TestDomains('hook')
+        self.stack.callback(self.domains.close)
+        self.domains.grow_to(total)
+        self.uuids = list(self.domains.uuids)
+        self.next = 0
+
+        raw = libvirt.openReadOnly(testdriver.URI)
+        self.stack.callback(raw.close)
+        self.visible = common.OnlyTheseDomains(raw, [])
+        self.reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_calls.StaticConnection(self.visible))
+        self.state_dir = tempfile.mkdtemp(prefix=common.PREFIX,
+                                          dir='/var/tmp')
+        self.stack.callback(shutil.rmtree, self.state_dir, True)
+        self.service = usage_service.UsageService(
+            self.reader, counters.CounterCache(
+                os.path.join(self.state_dir, 'counters.json')),
+            'bench-compute', {})
+        usage_service.register(self.service)
+        self.stack.callback(usage_service.unregister, self.service)
+        self.topic = '%s%d-%s' % (common.PREFIX, os.getpid(),
+                                  uuidlib.uuid4().hex[:8])
+        self.stack.callback(delete_queues, self.topic)
+
+    def conf(self, budget):
+        conf = bus.make_conf()
+        usage_conf.register_opts(conf)
+        conf.set_override('notification_drivers', ['messagingv2'],
+                          group='usage_ext')
+        if budget is not None:
+            conf.set_override('final_exists_budget', budget,
+                              group='usage_ext')
+        return conf
+
+    def notifier(self, conf, url, driver, publisher, retry=None):
+        transport = oslo_messaging.get_notification_transport(conf, url=url)
+        self.stack.callback(transport.cleanup)
+        return oslo_messaging.Notifier(
+            transport, driver=driver, topics=[self.topic],
+            publisher_id=publisher, retry=retry)
+
+    def take(self):
+        """The next instance to delete, with the cache holding it and the
+        next ones (``self.host`` in all), as on a busy host."""
+        uuid = self.uuids[self.next]
+        window = self.uuids[self.next:self.next + self.host]
+        self.next += 1
+        self.visible.uuids = set(window)
+        # What service.poll() does, but without saving the cache: the
+        # periodic poll runs every few minutes, not right before a delete,
+        # and a save here would put two fsyncs back to back.
+        usages = self.reader.read_all()
+        self.service.cache.update(usages,
+                                  complete=self.reader.last_read_complete)
+        return uuid
+
+    # -- broker up -----------------------------------------------------------
+
+    def broker_up(self, host):
+        self.host = host
+        conf = self.conf(None)
+        budget = conf.usage_ext.final_exists_budget
+        ours = self.notifier(conf, bus.RABBIT_URL, 'nova_usage_ext',
+                             'compute.bench-compute')
+        base = self.notifier(conf, bus.RABBIT_URL, 'messagingv2',
+                             'compute.bench-base')
+        usage_driver = _usage_driver(ours)
+        ours_clock = PassClock(_inner_driver(usage_driver))
+        steps = Breakdown()
+        steps.wrap(self.service, 'read_now', 'read_now')
+        steps.wrap(self.service, 'forget', 'forget')
+        steps.wrap(usage_driver, '_final_message', 'final_message')
+        steps.wrap(_inner_driver(usage_driver), 'notify', 'send_final',
+                   when=lambda ctxt, msg, *a: msg.get('event_type') ==
+                   'compute.instance.exists')
+        (base_ext,) = base._driver_mgr.extensions
+        base_clock = PassClock(base_ext.obj)
+        times = {'ours_pass': [], 'ours_total': [], 'base_pass': [],
+                 'base_total': []}
+        ours_uuids = []
+        self.log('hook: %d deletes each, alternating with messagingv2 '
+                 'alone (+%d warm-up), counter cache of %d instances'
+                 % (self.deletes, WARMUP, host))
+
+        def one(notifier, clock, uuid, who):
+            payload = test_notifier.legacy_payload(uuid)
+            clock.arm()
+            t0 = time.perf_counter()
+            notifier.info({}, DELETE_START, payload)
+            t1 = time.perf_counter()
+            return clock.at - t0, t1 - t0
+
+        for i in range(WARMUP + self.deletes):
+            uuid = self.take()
+            order = ('base', 'ours') if i % 2 == 0 else ('ours', 'base')
+            for who in order:
+                if who == 'ours':
+                    steps.start()
+                    p, t = one(ours, ours_clock, uuid, who)
+                    steps.stop(keep=i >= WARMUP)
+                    ours_uuids.append(uuid)
+                else:
+                    p, t = one(base, base_clock, str(uuidlib.uuid4()), who)
+                if i >= WARMUP:
+                    times[who + '_pass'].append(p)
+                    times[who + '_total'].append(t)
+        out = {key: _ms_summary(values) for key, values in times.items()}
+        out['steps'] = steps.summary()
+        out['deletes'] = self.deletes
+        out['budget_s'] = budget
+        out['host_instances'] = self.host
+        out['added_p50_ms'] = (out['ours_total']['p50'] -
+                               out['base_total']['p50'])
+        out['added_p99_ms'] = (out['ours_total']['p99'] -
+                               out['base_total']['p99'])
+        out['order'] = self._check_order(ours_uuids)
+        return out
+
+    def _check_order(self, uuids):
+        """The final exists of each deleted instance is on the bus before
+        its delete.start."""
+        queue = '%s.info' % self.topic
+        expected = 3 * len(uuids)
+        deadline = time.monotonic() + 15
+        while (queue_depth(queue) or 0) < expected and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        wanted = set(uuids)
+        events = {}
+        for msg in drain(queue):
+            payload = msg.get('payload') or {}
+            uuid = payload.get('instance_id')
+            if uuid in wanted:
+                events.setdefault(uuid, []).append(
+                    (msg.get('event_type'),
+                     bool((payload.get('usage') or {}).get(
+                         'nova_object.data', {}).get('final'))))
+        good = sum(1 for u in uuids if events.get(u) == [
+            ('compute.instance.exists', True), (DELETE_START, False)])
+        return {'deletes': len(uuids), 'final_exists_then_delete_start': good}
+
+    # -- broker down ---------------------------------------------------------
+
+    def broker_down(self, budget, kind):
+        if kind == 'refused':
+            probe = socket.socket()
+            probe.bind(('127.0.0.1', 0))
+            port = probe.getsockname()[1]
+            probe.close()
+            hole = None
+        else:
+            hole = test_notifier.Blackhole()
+            hole.setUp()
+            self.stack.callback(hole.cleanUp)
+            port = hole.port
+        url = 'rabbit://guest:guest@127.0.0.1:%d/' % port
+        conf = self.conf(budget)
+        ours = self.notifier(conf, url, 'nova_usage_ext',
+                             'compute.bench-compute', retry=0)
+        clock = PassClock(_inner_driver(_usage_driver(ours)))
+        self.log('hook: broker %s, budget %.2f s: %d deletes'
+                 % ('refusing connections' if kind == 'refused' else
+                    'accepting and never answering', budget,
+                    self.down_deletes))
+        delays = []
+        senders = []
+        for _ in range(self.down_deletes):
+            uuid = self.take()
+            clock.arm()
+            t0 = time.perf_counter()
+            sender = threading.Thread(
+                target=ours.info, daemon=True,
+                args=({}, DELETE_START, test_notifier.legacy_payload(uuid)))
+            sender.start()
+            senders.append(sender)
+            if not clock.event.wait(budget + 30):
+                delays.append(None)
+                continue
+            delays.append(clock.at - t0)
+            if kind == 'refused':
+                sender.join(30)
+        if hole is not None:
+            hole.close()
+        for sender in senders:
+            sender.join(30)
+        passed = [d for d in delays if d is not None]
+        out = _ms_summary(passed) or {}
+        out.update({
+            'deletes': len(delays), 'budget_s': budget,
+            'never_passed': len(delays) - len(passed),
+            'max_in_flight': usage_notifier.MAX_IN_FLIGHT,
+            'senders_still_hanging': sum(1 for s in senders
+                                         if s.is_alive())})
+        if kind == 'hanging':
+            # Past MAX_IN_FLIGHT hanging sends the hook gives up at once.
+            out['gave_up_at_once'] = sum(1 for d in passed
+                                         if d < budget / 2)
+        return out
+
+
+def cache_save_cost(sizes, log):
+    """What saving the counter cache costs by number of instances (the
+    hook saves it after every final exists)."""
+    from nova_usage_ext.virt import base
+    out = {}
+    tmp = tempfile.mkdtemp(prefix=common.PREFIX, dir='/var/tmp')
+    try:
+        for size in sizes:
+            cache = counters.CounterCache(os.path.join(tmp, '%d.json'
+                                                       % size))
+            now = base.utcnow()
+            usages = [base.InstanceUsage(
+                uuid=str(uuidlib.uuid4()), name='instance-%08x' % i,
+                display_name='vm', project_id='p' * 32, user_id='u' * 32,
+                flavor=base.Flavor('m1.tiny', 1, 64, 1, 0), state=1,
+                read_at=now, cpu_time_ns=10 ** 9 + i, vcpus=1, memory_mb=64,
+                disks=[base.DiskUsage('vda', 1, 2, 3, 4, 0, 10 ** 9)],
+                interfaces=[base.InterfaceUsage('tap%d' % i, None, 1, 2, 0,
+                                                0, 3, 4, 0, 0)],
+                generation=1) for i in range(size)]
+            cache.update(usages)
+            times = []
+            for i in range(20):
+                cache.forget(usages[i].uuid)
+                cache.update_one(usages[i])
+                t0 = time.perf_counter()
+                cache.save()
+                times.append(time.perf_counter() - t0)
+            out[size] = _ms_summary(times)
+            out[size]['bytes'] = os.path.getsize(cache.path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log('hook: counter cache save: %s' % ', '.join(
+        '%d instances %.1f ms' % (k, v['p50']) for k, v in out.items()))
+    return out
+
+
+def run(deletes, down_deletes, budget, host_sizes, log):
+    with HookBench(deletes, down_deletes, host_sizes, log) as bench:
+        bench.setup()
+        result = {'broker_up': []}
+        for host in host_sizes:
+            up = bench.broker_up(host)
+            result['broker_up'].append(up)
+            log('hook: delete.start passed on after p50 %.2f ms p99 %.2f ms '
+                '(messagingv2 alone: p50 %.2f p99 %.2f)' % (
+                    up['ours_pass']['p50'], up['ours_pass']['p99'],
+                    up['base_pass']['p50'], up['base_pass']['p99']))
+        bench.host = host_sizes[0]
+        for kind in ('refused', 'hanging'):
+            result['broker_' + kind] = bench.broker_down(budget, kind)
+            r = result['broker_' + kind]
+            log('hook: broker %s: passed on after p50 %.0f ms p99 %.0f ms'
+                % (kind, r.get('p50') or -1, r.get('p99') or -1))
+    result['cache_save'] = cache_save_cost((20, 200, 1000), log)
+    return result
