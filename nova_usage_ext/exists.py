@@ -118,9 +118,8 @@ def legacy_fields_from_versioned(data):
 def usage_primitive(usage, host, final=False, source=SOURCE_HYPERVISOR,
                     period=None):
     """The versioned usage payload of one reading, in nova's wire format."""
-    payload = usage_objects.InstanceUsagePayload.from_record(
+    return usage_objects.InstanceUsagePayload.wire_from_record(
         usage, host=host, final=final, source=source, period=period)
-    return payload.to_wire()
 
 
 def exists_payload(legacy, usage_wire, audit_period_beginning,

@@ -189,7 +189,7 @@ class UsageNotifierDriver(notifier.Driver):
                             'has no usage')
             final = self._final_message(service, msg, uuid, usage, source)
             self._forward(ctxt, final, priority, retry)
-            service.forget(uuid)
+            service.forget(uuid, save=False)
             return True
 
         if self._bounded(read_and_send, 'send the final exists of %s' % uuid,

@@ -26,10 +26,10 @@ from nova_usage_ext.virt import base
 
 LOG = logging.getLogger(__name__)
 
-CPU = 'cpu'
-INTERFACES = 'interfaces'
-DISKS = 'disks'
-KINDS = (CPU, INTERFACES, DISKS)
+CPU = base.CPU
+INTERFACES = base.INTERFACES
+DISKS = base.DISKS
+KINDS = base.ALL_KINDS
 
 # How many deleted instances to remember, so that each gets exactly one
 # final exists even when nova sends both delete.start formats.
@@ -157,7 +157,9 @@ class UsageService:
     def poll(self, kinds=KINDS):
         """One bulk read of the host, cached for ``kinds``."""
         try:
-            usages = self.reader.read_all()
+            # Only the stats groups due: libvirt asks each guest's QEMU for
+            # every group, and block stats cost as much as the rest.
+            usages = self.reader.read_all(tuple(sorted(kinds)))
         except base.UsageReaderError as exc:
             LOG.warning('nova-usage-ext: cannot read usage this cycle: %s',
                         exc)
@@ -235,11 +237,17 @@ class UsageService:
                 self._finals.popitem(last=False)
             return True
 
-    def forget(self, uuid):
-        """The instance is gone: drop its cached state."""
+    def forget(self, uuid, save=True):
+        """The instance is gone: drop its cached state.
+
+        :param save: write the cache file now. The delete hook leaves it to
+            the next poll: a save fsyncs the whole file, and nova's
+            delete.start would wait for it.
+        """
         with self._latest_lock:
             self._latest.pop(uuid, None)
         with self._reported_lock:
             self._reported.pop(uuid, None)
         self.cache.forget(uuid)
-        self._save()
+        if save:
+            self._save()

@@ -35,6 +35,15 @@ class UsageObject(ovo_base.VersionedObject):
         return self.obj_to_primitive(target_version=target_version)
 
 
+def wire(cls, data):
+    """The envelope of an object of ``cls`` whose data is already in wire
+    form (the fast path of :mod:`nova_usage_ext.objects.usage`)."""
+    return {'nova_object.name': cls.obj_name(),
+            'nova_object.namespace': NAMESPACE,
+            'nova_object.version': cls.VERSION,
+            'nova_object.data': data}
+
+
 def registered_classes():
     """Name -> [classes] of this project's objects only."""
     return {name: classes for name, classes

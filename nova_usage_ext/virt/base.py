@@ -30,6 +30,13 @@ POWER_STATE_NAMES = {
 }
 
 
+# The kinds of counters a cycle may ask for.
+CPU = 'cpu'
+INTERFACES = 'interfaces'
+DISKS = 'disks'
+ALL_KINDS = (CPU, INTERFACES, DISKS)
+
+
 class UsageReaderError(Exception):
     """Base of every error a usage reader raises."""
 
@@ -164,8 +171,12 @@ class UsageReader(metaclass=abc.ABCMeta):
     last_read_complete = True
 
     @abc.abstractmethod
-    def read_all(self):
+    def read_all(self, kinds=ALL_KINDS):
         """Read every nova instance on the host in one cycle.
+
+        :param kinds: the kinds of counters needed (``CPU``,
+            ``INTERFACES``, ``DISKS``); a backend may return more, and
+            leaves out what it can skip cheaply.
 
         :returns: list of :class:`InstanceUsage`, one per nova instance
             (instances that are not running have no device counters and

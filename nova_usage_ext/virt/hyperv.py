@@ -302,7 +302,9 @@ class HyperVUsageReader(base.UsageReader):
 
     # -- the contract ------------------------------------------------------
 
-    def read_all(self):
+    def read_all(self, kinds=base.ALL_KINDS):
+        # Hyper-V's metrics come per VM in one query each: every kind is
+        # read whatever ``kinds`` asks for.
         vms = self._nova_vms()
         read_at = base.utcnow()
         usages = []

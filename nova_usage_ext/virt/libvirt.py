@@ -49,12 +49,26 @@ CONNECTION_ERRORS = frozenset((libvirt.VIR_ERR_NO_CONNECT,
                                libvirt.VIR_ERR_SYSTEM_ERROR,
                                libvirt.VIR_ERR_RPC))
 
-CPU_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE |
-              libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
-              libvirt.VIR_DOMAIN_STATS_VCPU)
-STAT_GROUPS = (CPU_GROUPS |
-               libvirt.VIR_DOMAIN_STATS_INTERFACE |
-               libvirt.VIR_DOMAIN_STATS_BLOCK)
+# The stats groups each kind of counter needs; the state group always.
+KIND_GROUPS = {
+    base.CPU: (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+               libvirt.VIR_DOMAIN_STATS_VCPU),
+    base.INTERFACES: libvirt.VIR_DOMAIN_STATS_INTERFACE,
+    base.DISKS: libvirt.VIR_DOMAIN_STATS_BLOCK,
+}
+# The key each group always fills when libvirt serves it.
+KIND_MARKERS = {base.CPU: 'cpu.time', base.INTERFACES: 'net.count',
+                base.DISKS: 'block.count'}
+
+
+def stat_groups(kinds):
+    groups = libvirt.VIR_DOMAIN_STATS_STATE
+    for kind in kinds:
+        groups |= KIND_GROUPS[kind]
+    return groups
+
+
+STAT_GROUPS = stat_groups(base.ALL_KINDS)
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
 
@@ -174,11 +188,11 @@ class LibvirtUsageReader(base.UsageReader):
 
     # -- the contract ------------------------------------------------------
 
-    def read_all(self):
+    def read_all(self, kinds=base.ALL_KINDS):
         conn = self._connection.get()
         read_at = base.utcnow()
         try:
-            entries = self._list_with_stats(conn)
+            entries = self._list_with_stats(conn, stat_groups(kinds))
         except libvirt.libvirtError as exc:
             self._host_error(exc, 'list domains')
         usages = []
@@ -188,7 +202,7 @@ class LibvirtUsageReader(base.UsageReader):
             try:
                 uuid = dom.UUIDString()
                 seen.add(uuid)
-                usage = self._read_listed(dom, uuid, stats, read_at)
+                usage = self._read_listed(dom, uuid, stats, read_at, kinds)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     LOG.debug('Domain %s vanished while being read',
@@ -215,10 +229,11 @@ class LibvirtUsageReader(base.UsageReader):
                 raise base.InstanceNotFound(
                     'domain %s is not a nova instance' % uuid)
             read_at = base.utcnow()
-            stats = self._one_domain_stats(conn, dom, devices)
+            kinds = base.ALL_KINDS if devices else (base.CPU,)
+            stats = self._one_domain_stats(conn, dom, kinds)
             if stats is None:
-                return self._read_domain(dom, nova, read_at, devices)
-            return self._from_stats(dom, nova, stats, read_at, devices)
+                return self._read_domain(dom, nova, read_at, kinds)
+            return self._from_stats(dom, nova, stats, read_at, kinds)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise base.InstanceNotFound('no domain %s on this host' % uuid)
@@ -235,10 +250,10 @@ class LibvirtUsageReader(base.UsageReader):
         raise base.HypervisorUnavailable(
             'libvirt failed to %s: %s' % (what, exc.get_error_message()))
 
-    def _list_with_stats(self, conn):
+    def _list_with_stats(self, conn, groups):
         if self._bulk:
             try:
-                return conn.getAllDomainStats(STAT_GROUPS, self._bulk_flags)
+                return conn.getAllDomainStats(groups, self._bulk_flags)
             except libvirt.libvirtError as exc:
                 code = exc.get_error_code()
                 if code == libvirt.VIR_ERR_INVALID_ARG and self._bulk_flags:
@@ -246,7 +261,7 @@ class LibvirtUsageReader(base.UsageReader):
                     LOG.warning('libvirt rejects the NOWAIT flag; bulk stats '
                                 'may wait for busy domains')
                     self._bulk_flags = 0
-                    return conn.getAllDomainStats(STAT_GROUPS, 0)
+                    return conn.getAllDomainStats(groups, 0)
                 if code != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
                 LOG.warning('libvirt at %s has no bulk stats API; reading '
@@ -255,16 +270,15 @@ class LibvirtUsageReader(base.UsageReader):
                 self._fallback_logged = True
         return [(dom, None) for dom in conn.listAllDomains()]
 
-    def _one_domain_stats(self, conn, dom, devices):
+    def _one_domain_stats(self, conn, dom, kinds):
         """Bulk stats of one domain: the same source as ``read_all``, so
         that a single read is never below the cycle's just before (QEMU's
         info() counts CPU time in 10 ms steps, bulk stats in ns)."""
         if not self._bulk:
             return None
-        groups = STAT_GROUPS if devices else CPU_GROUPS
         try:
-            ((_dom, stats),) = conn.domainListGetStats([dom], groups,
-                                                       self._bulk_flags)
+            ((_dom, stats),) = conn.domainListGetStats(
+                [dom], stat_groups(kinds), self._bulk_flags)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
                                         libvirt.VIR_ERR_INVALID_ARG):
@@ -274,7 +288,7 @@ class LibvirtUsageReader(base.UsageReader):
             return None
         return stats
 
-    def _read_listed(self, dom, uuid, stats, read_at):
+    def _read_listed(self, dom, uuid, stats, read_at, kinds):
         device_names = ()
         if stats:
             device_names = [stats.get('block.%d.name' % i)
@@ -285,21 +299,21 @@ class LibvirtUsageReader(base.UsageReader):
         if nova is None:
             return None
         if stats is None:
-            return self._read_domain(dom, nova, read_at, True)
-        return self._from_stats(dom, nova, stats, read_at, True)
+            return self._read_domain(dom, nova, read_at, kinds)
+        return self._from_stats(dom, nova, stats, read_at, kinds)
 
-    def _from_stats(self, dom, nova, stats, read_at, devices):
+    def _from_stats(self, dom, nova, stats, read_at, kinds):
         state = stats.get('state.state', libvirt.VIR_DOMAIN_NOSTATE)
         if state in INACTIVE_STATES:
             return self._usage(nova, state, read_at, None)
-        if 'cpu.time' not in stats:
+        if any(KIND_MARKERS[kind] not in stats for kind in kinds):
             # The driver fills only the state group (libvirt's test driver
             # does): read such domains one by one.
             if not self._fallback_logged:
                 self._fallback_logged = True
                 LOG.warning('libvirt returned no bulk counters; reading '
                             'such domains one by one')
-            return self._read_domain(dom, nova, read_at, devices)
+            return self._read_domain(dom, nova, read_at, kinds)
         # A domain whose job another client holds (a migration, nova,
         # another poller) comes back under NOWAIT with its disks named but
         # without counters: they are missing this cycle only.
@@ -391,7 +405,7 @@ class LibvirtUsageReader(base.UsageReader):
                 tx_drops=stats.get(key + 'tx.drop')))
         return usage
 
-    def _read_domain(self, dom, nova, read_at, devices):
+    def _read_domain(self, dom, nova, read_at, kinds):
         """Per-domain calls: info, then blockStats/interfaceStats."""
         state, _max_kib, _mem_kib, _nr_vcpus, cpu_time = dom.info()
         if state in INACTIVE_STATES:
@@ -400,9 +414,7 @@ class LibvirtUsageReader(base.UsageReader):
         # Per-domain calls give no per-vCPU wait time: the process's CPU
         # time stands in, as in ceilometer's inspector.
         usage.vcpu_time_ns = cpu_time
-        if not devices:
-            return usage
-        for dev, volume_id in nova.disks:
+        for dev, volume_id in (nova.disks if base.DISKS in kinds else ()):
             try:
                 rd_req, rd_bytes, wr_req, wr_bytes, errs = dom.blockStats(dev)
                 capacity = dom.blockInfo(dev)[0]
@@ -417,7 +429,8 @@ class LibvirtUsageReader(base.UsageReader):
                 write_bytes=wr_bytes, write_requests=wr_req,
                 errors=_positive_or_none(errs), capacity_bytes=capacity,
                 volume_id=volume_id))
-        for tap, mac in nova.interfaces:
+        for tap, mac in (nova.interfaces if base.INTERFACES in kinds
+                         else ()):
             if not tap:
                 continue  # no host-side device (e.g. type='user'): no stats
             try:

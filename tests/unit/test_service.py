@@ -84,6 +84,22 @@ class TestIntervals(ServiceTestCase):
                            second.disks['vda'].read_bytes)
         self.assertEqual(3, self.counting.calls['getAllDomainStats'])
 
+    def test_only_the_due_kinds_stats_groups_are_asked_for(self):
+        svc = self.make_service({'cpu': 60, 'disks': 600})
+        asked = []
+        real = self.reader.read_all
+
+        def spy(kinds):
+            asked.append(kinds)
+            return real(kinds)
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_all', side_effect=spy))
+        svc.poll_due()
+        self.clock.now += 60
+        svc.poll_due()
+        self.assertEqual([('cpu', 'disks'), ('cpu',)], asked)
+
     def test_zero_or_negative_disables_a_kind(self):
         svc = self.make_service({'cpu': 0, 'interfaces': -1, 'disks': 300})
         self.assertEqual({'disks': 300}, svc.intervals)
@@ -127,8 +143,8 @@ class TestFailures(ServiceTestCase):
         # A read that could not read UUID1 must not drop its totals.
         real = self.reader.read_all
 
-        def partial():
-            usages = [u for u in real() if u.uuid != UUID1]
+        def partial(*args):
+            usages = [u for u in real(*args) if u.uuid != UUID1]
             self.reader.last_read_complete = False
             return usages
 
@@ -202,14 +218,14 @@ class TestLoop(ServiceTestCase):
         calls = []
         real = self.reader.read_all
 
-        def slow_read():
+        def slow_read(*args):
             running.append(1)
             if len(running) > 1:
                 overlaps.append(len(running))
             calls.append(time.monotonic())
             time.sleep(0.05)
             running.pop()
-            return real()
+            return real(*args)
 
         self.useFixture(fixtures.MockPatchObject(
             self.reader, 'read_all', side_effect=slow_read))

@@ -1,6 +1,7 @@
 """The payloads: fingerprints, wire format, absent counters."""
 
 import datetime
+import json
 
 import testtools
 from oslo_versionedobjects import fixture
@@ -213,3 +214,62 @@ class TestWireFormat(testtools.TestCase):
         self.assertEqual(['vda', 'vdb'], [d.device for d in obj.disks])
         self.assertEqual(READ_AT.replace(microsecond=0), obj.read_at)
         self.assertEqual(self.wire, obj.to_wire())
+
+
+class TestFastWire(testtools.TestCase):
+    """The fast builder gives exactly what the objects serialize to."""
+
+    def period(self, **overrides):
+        start = datetime.datetime(2026, 11, 22, 9, 0,
+                                  tzinfo=datetime.timezone.utc)
+        values = dict(
+            uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001',
+            first_seen=start, read_at=READ_AT, period_start=start,
+            cpu_time_ns=50, vcpu_time_ns=40,
+            disks={'vdb': counters.DiskCounters(1, 2, None, 4),
+                   'vda': counters.DiskCounters(5, 6, 7, 8)},
+            interfaces={'tap1': counters.InterfaceCounters(
+                1, 2, None, 4, 5, 6, 7, None)})
+        values.update(overrides)
+        return counters.UsageCounters(**values)
+
+    def assertSameWire(self, usage, **kwargs):
+        fast = usage_objects.InstanceUsagePayload.wire_from_record(
+            usage, **kwargs)
+        slow = usage_objects.InstanceUsagePayload.from_record(
+            usage, **kwargs).to_wire()
+        self.assertEqual(slow, fast)
+        self.assertEqual(json.dumps(slow, sort_keys=True),
+                         json.dumps(fast, sort_keys=True))
+
+    def test_full_reading(self):
+        self.assertSameWire(sample_usage(), host='compute-1')
+
+    def test_final_from_the_cache_with_a_period(self):
+        self.assertSameWire(sample_usage(), host='compute-1', final=True,
+                            source='cache', period=self.period())
+
+    def test_period_before_the_first_exists(self):
+        self.assertSameWire(sample_usage(), period=self.period(
+            period_start=None, vcpu_time_ns=None))
+
+    def test_absent_counters_and_unknown_owner(self):
+        usage = sample_usage()
+        usage.cpu_time_ns = usage.vcpu_time_ns = usage.vcpus = None
+        usage.project_id = usage.flavor = None
+        usage.disks[0].read_bytes = None
+        usage.interfaces[0].mac = None
+        usage.interfaces[0].tx_drops = None
+        self.assertSameWire(usage)
+
+    def test_stopped_instance(self):
+        usage = sample_usage()
+        usage.state = base.SHUTDOWN
+        usage.cpu_time_ns = usage.vcpu_time_ns = None
+        usage.disks, usage.interfaces = [], []
+        self.assertSameWire(usage)
+
+    def test_bad_source_is_refused(self):
+        self.assertRaises(ValueError,
+                          usage_objects.InstanceUsagePayload.wire_from_record,
+                          sample_usage(), source='guess')

@@ -307,3 +307,32 @@ class TestReadInstance(ReaderTestCase):
                           _uuid(5))
         self.assertRaises(base.InstanceNotFound, reader.read_instance,
                           _uuid(6))
+
+
+class TestKinds(ReaderTestCase):
+
+    def test_groups_asked_for_follow_the_kinds(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        seen = []
+        real = node.conn.getAllDomainStats
+
+        def spy(stats, flags=0):
+            seen.append(stats)
+            return real(stats, flags)
+
+        self.useFixture(fixtures.MockPatchObject(
+            node.conn, 'getAllDomainStats', side_effect=spy))
+        reader = self.make_reader(node)
+        (usage,) = reader.read_all((base.CPU,))
+        self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
+                         libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+                         libvirt.VIR_DOMAIN_STATS_VCPU, seen[0])
+        # The per-domain fallback reads only what was asked too.
+        self.assertIsNotNone(usage.cpu_time_ns)
+        self.assertEqual([], usage.disks)
+        self.assertEqual([], usage.interfaces)
+        (usage,) = reader.read_all((base.DISKS,))
+        self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
+                         libvirt.VIR_DOMAIN_STATS_BLOCK, seen[1])
+        self.assertEqual(['vda'], [d.device for d in usage.disks])
+        self.assertEqual([], usage.interfaces)
