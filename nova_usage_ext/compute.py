@@ -13,7 +13,10 @@ usage methods mixed in; no nova code is changed or patched.
 This is the only module of the package that imports nova.
 """
 
+import datetime
+
 from nova import conf as nova_conf
+from nova import utils as nova_utils
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_log import log as logging
 
@@ -22,6 +25,14 @@ from nova_usage_ext.virt import libvirt as libvirt_usage
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
+
+
+def _nova_audit_period_start(now):
+    """Start of nova's current audit period: the end of its last completed
+    one, by nova's own reckoning of instance_usage_audit_period."""
+    naive = now.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    _begin, end = nova_utils.last_completed_audit_period(before=naive)
+    return end.replace(tzinfo=datetime.timezone.utc)
 
 
 class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
@@ -33,7 +44,8 @@ class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
         # Usage reporting must never keep nova-compute from starting.
         try:
             svc = usage_service.UsageService.from_conf(
-                CONF, self.usage_reader, CONF.host or host)
+                CONF, self.usage_reader, CONF.host or host,
+                audit_period_start=_nova_audit_period_start)
             usage_service.register(svc)
             svc.start()
         except Exception:

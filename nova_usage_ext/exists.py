@@ -80,11 +80,25 @@ def legacy_fields(usage, host):
     return fields
 
 
+def _legacy_str_time(text):
+    # nova's legacy created_at is str() of an aware datetime.
+    value = parse_nova_time(text)
+    return str(value) if value is not None else ''
+
+
+def _legacy_iso_time(text):
+    # nova's legacy launched_at and kin: ISO with microseconds, '' if unset.
+    value = parse_nova_time(text)
+    return value.strftime('%Y-%m-%dT%H:%M:%S.%f') if value else ''
+
+
 def legacy_fields_from_versioned(data):
     """Legacy exists fields from a versioned instance payload's data.
 
     For ``instance.delete.start`` when nova sends versioned notifications
     only: the final exists keeps the legacy format that billing reads.
+    Fields the versioned payload does not carry (image_ref_url) are left
+    out.
     """
     flavor = (data.get('flavor') or {}).get('nova_object.data', {})
     root_gb = flavor.get('root_gb')
@@ -94,21 +108,31 @@ def legacy_fields_from_versioned(data):
         'user_id': data.get('user_id'),
         'instance_id': data.get('uuid'),
         'display_name': data.get('display_name'),
+        'reservation_id': data.get('reservation_id'),
         'hostname': data.get('host_name'),
-        'host': data.get('host'),
-        'node': data.get('node'),
-        'availability_zone': data.get('availability_zone'),
         'instance_type': flavor.get('name'),
         'instance_flavor_id': flavor.get('flavorid'),
+        'architecture': data.get('architecture'),
         'memory_mb': flavor.get('memory_mb'),
         'vcpus': flavor.get('vcpus'),
         'root_gb': root_gb,
         'ephemeral_gb': ephemeral_gb,
+        'host': data.get('host'),
+        'node': data.get('node'),
+        'availability_zone': data.get('availability_zone'),
+        'created_at': _legacy_str_time(data.get('created_at')),
+        'terminated_at': _legacy_iso_time(data.get('terminated_at')),
+        'deleted_at': _legacy_iso_time(data.get('deleted_at')),
+        'launched_at': _legacy_iso_time(data.get('launched_at')),
+        'os_type': data.get('os_type'),
+        'kernel_id': data.get('kernel_id'),
+        'ramdisk_id': data.get('ramdisk_id'),
         'state': data.get('state'),
-        'created_at': data.get('created_at'),
-        'launched_at': data.get('launched_at'),
-        'terminated_at': data.get('terminated_at'),
-        'deleted_at': data.get('deleted_at'),
+        'state_description': data.get('task_state') or '',
+        'progress': data.get('progress') or '',
+        'image_meta': ({'base_image_ref': data['image_uuid']}
+                       if data.get('image_uuid') else {}),
+        'metadata': data.get('metadata') or {},
     }
     if root_gb is not None:
         fields['disk_gb'] = root_gb + (ephemeral_gb or 0)

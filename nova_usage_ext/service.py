@@ -22,6 +22,7 @@ from oslo_service import loopingcall
 
 from nova_usage_ext import conf as usage_conf
 from nova_usage_ext import counters
+from nova_usage_ext import exists
 from nova_usage_ext.virt import base
 
 LOG = logging.getLogger(__name__)
@@ -93,13 +94,18 @@ class UsageService:
     :param intervals: kind -> seconds; 0 or less disables that kind.
     """
 
-    def __init__(self, reader, cache, host, intervals, clock=time.monotonic):
+    def __init__(self, reader, cache, host, intervals, clock=time.monotonic,
+                 audit_period_start=None):
         self.reader = reader
         self.cache = cache
         self.host = host
         self.intervals = {kind: seconds for kind, seconds in intervals.items()
                           if seconds and seconds > 0}
         self._clock = clock
+        # now (aware UTC) -> start of nova's current audit period; nova's
+        # glue gives nova's own computation (offsets such as month@15).
+        self._audit_period_start = audit_period_start or (
+            lambda now: exists.audit_period_start(now, 'month'))
         self._next_due = {kind: 0.0 for kind in self.intervals}
         self._latest = {}
         self._latest_lock = threading.Lock()
@@ -110,7 +116,7 @@ class UsageService:
         self._loop = None
 
     @classmethod
-    def from_conf(cls, conf, reader, host):
+    def from_conf(cls, conf, reader, host, audit_period_start=None):
         usage_conf.register_opts(conf)
         volume_interval = getattr(conf, 'volume_usage_poll_interval', 0)
         intervals = {CPU: conf.usage_ext.cpu_poll_interval,
@@ -119,7 +125,13 @@ class UsageService:
         state_dir = conf.usage_ext.state_dir or os.path.join(
             getattr(conf, 'state_path', None) or '/var/lib/nova', 'usage_ext')
         cache = counters.CounterCache(os.path.join(state_dir, 'counters.json'))
-        return cls(reader, cache, host, intervals)
+        if audit_period_start is None:
+            unit = exists.audit_unit(conf)
+
+            def audit_period_start(now):
+                return exists.audit_period_start(now, unit)
+        return cls(reader, cache, host, intervals,
+                   audit_period_start=audit_period_start)
 
     # -- the periodic loop ------------------------------------------------
 
@@ -212,7 +224,11 @@ class UsageService:
         The next period starts at ``ending``, once: nova sends the legacy
         and the versioned exists of the same period when
         ``notification_format = both``, and both report the same usage.
+        nova writes the legacy ending with microseconds and the versioned
+        one in whole seconds: they are compared to the second.
         """
+        if ending is not None:
+            ending = ending.replace(microsecond=0)
         with self._reported_lock:
             last = self._reported.get(uuid)
             if last is not None and ending is not None and last[0] == ending:
@@ -223,9 +239,13 @@ class UsageService:
                 self._reported[uuid] = (ending, period)
             return period
 
-    def period_start(self, uuid):
+    def period_start(self, uuid, now):
+        """Where the period of an exists ending ``now`` begins: the last
+        exists of the instance, else the start of nova's audit period."""
         totals = self.cache.totals(uuid)
-        return totals.period_start if totals is not None else None
+        if totals is not None and totals.period_start is not None:
+            return totals.period_start
+        return self._audit_period_start(now)
 
     def claim_final(self, uuid):
         """True the first time it is asked for ``uuid``, False after."""
