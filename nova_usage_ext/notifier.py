@@ -18,7 +18,10 @@ nova-compute (where the usage driver registered its service) it also:
 - before ``compute.instance.delete.start`` or ``instance.delete.start``,
   reads the instance one last time and sends a final
   ``compute.instance.exists``, once per instance, within
-  ``[usage_ext] final_exists_budget`` seconds.
+  ``[usage_ext] final_exists_budget`` seconds;
+- before power_off, shelve and suspend start, reads the instance into the
+  counter cache (its process and counters end there), within the same
+  budget.
 
 Whatever happens in the hook is logged and swallowed: the notification
 nova sent always goes on.
@@ -45,6 +48,11 @@ LEGACY_EXISTS = 'compute.instance.exists'
 VERSIONED_EXISTS = 'instance.exists'
 VERSIONED_USAGE = 'instance.usage'
 DELETE_START = ('compute.instance.delete.start', 'instance.delete.start')
+# The guest's process is about to end: its last counters go into the cache,
+# so that the period's usage includes everything up to then.
+PROCESS_ENDS = ('compute.instance.power_off.start', 'instance.power_off.start',
+                'compute.instance.shelve.start', 'instance.shelve.start',
+                'compute.instance.suspend.start', 'instance.suspend.start')
 
 # Reads and sends under way at once. While the broker is unreachable the
 # sends hang; past this many, new ones are given up at once instead of
@@ -101,6 +109,12 @@ class UsageNotifierDriver(notifier.Driver):
         try:
             if event_type in DELETE_START:
                 self._final_exists(service, ctxt, msg, priority, retry)
+            elif event_type in PROCESS_ENDS:
+                uuid = _instance_uuid(msg['payload'])
+                if uuid:
+                    self._bounded(lambda: service.read_now(uuid),
+                                  'read instance %s before %s'
+                                  % (uuid, event_type))
             elif event_type == LEGACY_EXISTS:
                 msg = self._with_usage(service, msg)
         except Exception:

@@ -481,3 +481,32 @@ class TestSamples(HookTestCase):
         self.assertEqual(sample['publisher_id'], usage['publisher_id'])
         self.assertEqual([], shape_mismatches(sample['payload'],
                                               usage['payload']))
+
+
+class TestProcessEnds(HookTestCase):
+
+    def test_power_off_reads_the_last_counters_first(self):
+        self.service.poll()
+        polled = self.service.cache.totals(UUID0).cpu_time_ns
+        dom = self.dom(UUID0)
+        notifier = self.notifier()
+        notifier.info({}, 'compute.instance.power_off.start',
+                      legacy_payload(UUID0))
+        (message,) = self.listener.wait_for(1)
+        self.assertEqual('compute.instance.power_off.start',
+                         message['event_type'])
+        self.assertEqual(legacy_payload(UUID0), message['payload'])
+        # What the guest used since the last poll is in the cache before
+        # its process ends.
+        read = self.service.cache.totals(UUID0).cpu_time_ns
+        self.assertGreater(read, polled)
+        self.assertLessEqual(read, dom.info()[4])
+
+    def test_versioned_shelve_too(self):
+        self.service.poll()
+        polled = self.service.cache.totals(UUID1).cpu_time_ns
+        self.notifier(publisher_id='nova-compute:compute-1').info(
+            {}, 'instance.shelve.start', versioned_payload(UUID1))
+        self.listener.wait_for(1)
+        self.assertGreater(self.service.cache.totals(UUID1).cpu_time_ns,
+                           polled)
