@@ -105,7 +105,7 @@ class TestMeterDefinitions(CeilometerTestCase):
         packaged = self.processor(cf.PACKAGED_METERS_DIR)
         both = self.processor(cf.METERS_DIR, cf.PACKAGED_METERS_DIR)
         # ceilometer only logs a definition it rejects: count them.
-        self.assertEqual(len(cf.METERS), len(entries))
+        self.assertEqual(len(cf.OURS), len(entries))
         self.assertEqual(len(entries), len(ours.definitions))
         # ... and it skips a name it has seen (in any file): none skipped.
         self.assertEqual(len(ours.definitions) + len(packaged.definitions),
@@ -114,7 +114,7 @@ class TestMeterDefinitions(CeilometerTestCase):
                          self.log.output)
         self.assertNotIn('Error loading meter definition', self.log.output)
         packaged_names = {d.cfg['name'] for d in packaged.definitions}
-        self.assertEqual(set(), set(cf.METERS) & packaged_names)
+        self.assertEqual(set(), cf.OURS & packaged_names)
         self.assertTrue(PACKAGED_INSTANCE_METERS <= packaged_names)
         # What each file makes of the usage messages: ours only our meters,
         # ceilometer's none of them.
@@ -122,8 +122,8 @@ class TestMeterDefinitions(CeilometerTestCase):
             from_ours = {s.name for s in cf.build_samples(ours, message)}
             from_packaged = {s.name
                              for s in cf.build_samples(packaged, message)}
-            self.assertEqual(set(cf.METERS), from_ours, name)
-            self.assertEqual(set(), from_packaged & set(cf.METERS), name)
+            self.assertEqual(cf.OURS, from_ours, name)
+            self.assertEqual(set(), from_packaged & cf.OURS, name)
 
     def test_documented_samples(self):
         processor = self.processor()
@@ -131,12 +131,14 @@ class TestMeterDefinitions(CeilometerTestCase):
             samples = cf.build_samples(processor, message)
             data = cf.usage_data(message)
             expected = cf.expected_samples(data)
-            # one cpu, two disks, one interface: every counter present
-            self.assertEqual(1 + 2 * len(PER_DISK) + len(PER_VNIC),
+            # one cpu, two disks, one interface: every counter present;
+            # and the disks summed
+            self.assertEqual(1 + 2 * len(PER_DISK) + len(PER_VNIC) +
+                             len(cf.AGGREGATE_DISK_METERS),
                              len(expected), name)
             self.assertEqual(expected, cf.ours(samples), name)
             for sample in samples:
-                if sample.name not in cf.METERS:
+                if sample.name not in cf.OURS:
                     continue
                 meta = sample.resource_metadata
                 self.assertEqual(data['instance_uuid'], meta['instance_id'])
@@ -150,7 +152,7 @@ class TestMeterDefinitions(CeilometerTestCase):
                     self.assertEqual(message['payload']['instance_flavor_id'],
                                      meta['flavor_id'])
             # ceilometer's own instance meters still come from the exists
-            others = {s.name for s in samples if s.name not in cf.METERS}
+            others = {s.name for s in samples if s.name not in cf.OURS}
             self.assertEqual(PACKAGED_INSTANCE_METERS
                              if message['event_type'] == exists.EVENT_TYPE
                              else set(), others, name)
@@ -186,13 +188,14 @@ class TestMeterDefinitions(CeilometerTestCase):
             expected = cf.expected_samples(_record_data(usage))
             self.assertEqual(
                 1 + len(usage.disks) * len(PER_DISK) +
-                len(usage.interfaces) * len(PER_VNIC), len(expected))
+                len(usage.interfaces) * len(PER_VNIC) +
+                len(cf.AGGREGATE_DISK_METERS), len(expected))
             for what, message in self.package_messages(usage).items():
                 samples = cf.build_samples(processor, message)
                 self.assertEqual(expected, cf.ours(samples),
                                  '%s of %s' % (what, usage.name))
                 final = [s.resource_metadata.get('final') for s in samples
-                         if s.name in cf.METERS]
+                         if s.name in cf.OURS]
                 self.assertEqual(
                     [True if what == 'final exists' else None] *
                     len(expected), final)
@@ -218,8 +221,10 @@ class TestMeterDefinitions(CeilometerTestCase):
         partial.interfaces[1].rx_drops = None
         partial.interfaces[1].tx_errors = None
 
+        # cpu, the second disk's 3 counters, the interfaces' less 2, and
+        # 3 of the 4 sums (no disk has write_requests)
         for usage, count in ((stopped, 0),
-                             (partial, 1 + 3 + 2 * len(PER_VNIC) - 2)):
+                             (partial, 1 + 3 + 2 * len(PER_VNIC) - 2 + 3)):
             for what, message in self.package_messages(usage).items():
                 samples = cf.build_samples(processor, message)
                 self.assertEqual(cf.expected_samples(_record_data(usage)),
@@ -295,6 +300,23 @@ class TestParityWithComputePollsters(CeilometerTestCase):
         low = {cf.sample_key(s): s for s in cf.ours(low)}
         high = {cf.sample_key(s): s for s in cf.ours(high)}
         ours = {cf.sample_key(s): s for s in cf.ours(ours)}
+        # The disks summed: ceilometer 27 has no pollster for them; they
+        # must lie between the sums of its per-disk samples.
+        summed = {key: ours.pop(key) for key in list(ours)
+                  if key[0] in cf.AGGREGATE_DISK_METERS}
+        self.assertEqual(sorted((name, g.uuid)
+                                for name in cf.AGGREGATE_DISK_METERS
+                                for g in self.guests.guests), sorted(summed))
+        for (name, uuid), mine in summed.items():
+            per_disk = 'disk.device.' + name[len('disk.'):]
+            total = [sum(s['volume'] for (n, rid), s in side.items()
+                         if n == per_disk and rid.startswith(uuid + '-'))
+                     for side in (low, high)]
+            self.assertTrue(total[0] <= mine['volume'] <= total[1],
+                            '%s of %s: %s not within %s'
+                            % (name, uuid, mine['volume'], total))
+            self.assertEqual(cf.METERS[per_disk][:2],
+                             (mine['type'], mine['unit']))
         self.addDetail('samples', content.text_content(json.dumps(
             {'ceilometer, first poll': list(low.values()),
              'nova-usage-ext': list(ours.values()),
@@ -419,8 +441,8 @@ class TestNotificationAgent(CeilometerTestCase):
         data = cf.usage_data(final)
         self.assertTrue(data['final'])
         expected = cf.expected_samples(data)
-        self.assertEqual(1 + 2 * len(PER_DISK) + 2 * len(PER_VNIC),
-                         len(expected))
+        self.assertEqual(1 + 2 * len(PER_DISK) + 2 * len(PER_VNIC) +
+                         len(cf.AGGREGATE_DISK_METERS), len(expected))
 
         # Both messages processed: ceilometer's own memory meter comes from
         # each of them.
@@ -439,7 +461,7 @@ class TestNotificationAgent(CeilometerTestCase):
             time.sleep(0.05)
         self.assertEqual(expected, cf.ours(published))
         for sample in published:
-            if sample['name'] in cf.METERS:
+            if sample['name'] in cf.OURS:
                 self.assertTrue(sample['resource_metadata']['final'])
                 self.assertEqual(uuid,
                                  sample['resource_metadata']['instance_id'])
