@@ -325,10 +325,17 @@ class CounterCache:
     :param device_grace: how long a device may be missing from readings
         of its running guest before it is dropped (once its usage has been
         reported).
+    :param baseline_first_read: when the cache starts empty (no file, or
+        one set aside), the instances of the first full read of the host
+        have been running for an unknown time, metered by whatever was
+        there before: their current period starts at that read instead of
+        at their process's start. Instances first seen later count whole
+        (they started since, or came with a new process).
     """
 
     def __init__(self, path: str | os.PathLike | None,
-                 device_grace: datetime.timedelta = DEFAULT_DEVICE_GRACE):
+                 device_grace: datetime.timedelta = DEFAULT_DEVICE_GRACE,
+                 baseline_first_read: bool = True):
         if device_grace < datetime.timedelta(0):
             raise ValueError('device_grace must not be negative')
         self.path = os.fspath(path) if path is not None else None
@@ -343,6 +350,9 @@ class CounterCache:
         if self.path is not None:
             _remove_temp_files(self.path)
             self._instances = _load(self.path)
+        self._baseline_next_full_read = (baseline_first_read and
+                                         not self._instances and
+                                         not os.path.exists(self.path or ''))
 
     def __len__(self) -> int:
         """The number of instances cached."""
@@ -364,8 +374,18 @@ class CounterCache:
         """
         usages = list(usages)
         with self._lock:
+            baseline = self._baseline_next_full_read
+            self._baseline_next_full_read = False
             for usage in usages:
+                new = usage.uuid not in self._instances
                 self._add(usage)
+                if baseline and new:
+                    self._start_period_locked(usage.uuid, usage.read_at)
+            if baseline and usages:
+                LOG.info('Usage counter cache started empty: the current '
+                         'period of the %d instances on this host starts '
+                         'now (their earlier usage is not counted)',
+                         len(usages))
             if complete:
                 self._drop_gone(usages)
             self._changes += 1
@@ -479,21 +499,24 @@ class CounterCache:
             raise ValueError('usage of instance %s given to start a period '
                              'of %s' % (reported.uuid, uuid))
         with self._lock:
-            instance = self._instances.get(uuid)
-            if instance is None:
-                return False
-            instance.period_start = _utc(when)
-            for kind, dev_name, name, counter in instance.all_counters():
-                if reported is None:
-                    counter.start = counter.total
-                    continue
-                used = _reported(reported, kind, dev_name, name)
-                if used is not None:
-                    # Never above the total: the device may have been
-                    # dropped and seen anew since.
-                    counter.start = min(counter.start + used, counter.total)
-            self._changes += 1
-            return True
+            return self._start_period_locked(uuid, when, reported)
+
+    def _start_period_locked(self, uuid, when, reported=None):
+        instance = self._instances.get(uuid)
+        if instance is None:
+            return False
+        instance.period_start = _utc(when)
+        for kind, dev_name, name, counter in instance.all_counters():
+            if reported is None:
+                counter.start = counter.total
+                continue
+            used = _reported(reported, kind, dev_name, name)
+            if used is not None:
+                # Never above the total: the device may have been
+                # dropped and seen anew since.
+                counter.start = min(counter.start + used, counter.total)
+        self._changes += 1
+        return True
 
     def forget(self, uuid: str) -> bool:
         """Drop an instance (after the final exists of a deleted instance).

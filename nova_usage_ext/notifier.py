@@ -221,7 +221,7 @@ class UsageNotifierDriver(notifier.Driver):
             legacy = dict(payload)
         host = legacy.get('host') or service.host
         ending = _utcnow()
-        beginning = service.period_start(uuid, ending)
+        beginning = service.audit_period_start(ending)
         usage_wire = None
         if usage is not None:
             usage_wire = self._usage_wire(service, usage, source, final=True,

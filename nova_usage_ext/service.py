@@ -239,12 +239,10 @@ class UsageService:
                 self._reported[uuid] = (ending, period)
             return period
 
-    def period_start(self, uuid, now):
-        """Where the period of an exists ending ``now`` begins: the last
-        exists of the instance, else the start of nova's audit period."""
-        totals = self.cache.totals(uuid)
-        if totals is not None and totals.period_start is not None:
-            return totals.period_start
+    def audit_period_start(self, now):
+        """Start of nova's audit period containing ``now``: the beginning
+        of an exists sent mid-period, as nova's own are. (What the usage
+        in it covers is ``period.period_beginning``.)"""
         return self._audit_period_start(now)
 
     def claim_final(self, uuid):

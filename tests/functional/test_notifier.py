@@ -74,9 +74,13 @@ class HookTestCase(testtools.TestCase):
             libvirt_node.nova_test_domain(1)]))
         self.reader = libvirt_usage.LibvirtUsageReader(self.node.connection)
         state = self.useFixture(fixtures.TempDir()).path
+        # Instances that start after the package was deployed: their usage
+        # counts from their process's start (the cache's first read is no
+        # baseline).
         self.service = usage_service.UsageService(
             self.reader, counters.CounterCache(
-                os.path.join(state, 'counters.json')), 'compute-1', {})
+                os.path.join(state, 'counters.json'),
+                baseline_first_read=False), 'compute-1', {})
         usage_service.register(self.service)
         self.addCleanup(usage_service.unregister, self.service)
         self.listener = self.useFixture(bus.Listener(self.conf))
@@ -139,6 +143,24 @@ class TestExists(HookTestCase):
         period = data['period']['nova_object.data']
         self.assertEqual(data['cpu_time_ns'], period['cpu_time_ns'])
         self.assertIsNone(period['period_beginning'])
+
+    def test_instances_found_by_a_new_cache_count_from_then(self):
+        # The first poll of an empty cache (the package was just deployed):
+        # the instances were running, metered by something else.
+        self.service.cache = counters.CounterCache(None)
+        self.service.poll()
+        first = self.service.latest(UUID0)
+        self.service.poll()
+        self.notifier().info({}, 'compute.instance.exists', legacy_payload(
+            UUID0, audit_period_ending='2026-11-22 10:00:00'))
+        (message,) = self.listener.wait_for(1)
+        data = message['payload']['usage']['nova_object.data']
+        period = data['period']['nova_object.data']
+        self.assertEqual(data['cpu_time_ns'] - first.cpu_time_ns,
+                         period['cpu_time_ns'])
+        self.assertEqual(
+            first.read_at.strftime('%Y-%m-%dT%H:%M:%SZ'),
+            period['period_beginning'])
 
     def test_next_period_counts_from_the_exists(self):
         self.service.poll()
@@ -241,16 +263,26 @@ class TestFinalExists(HookTestCase):
                           payload['vcpus'], payload['memory_mb']))
         self.assertTrue(payload['usage']['nova_object.data']['final'])
 
-    def test_final_period_starts_at_the_last_exists(self):
+    def test_final_period_is_novas_and_its_usage_since_the_last_exists(self):
         self.service.poll()
         notifier = self.notifier()
         notifier.info({}, 'compute.instance.exists', legacy_payload(
             UUID0, audit_period_ending='2026-11-22 10:00:00'))
         notifier.info({}, 'compute.instance.delete.start',
                       legacy_payload(UUID0))
-        _exists, final, _delete = self.listener.wait_for(3)
-        self.assertEqual('2026-11-22 10:00:00',
+        exists_, final, _delete = self.listener.wait_for(3)
+        # The message's period as nova sends one mid-period: from the start
+        # of the audit period (monthly here) to now.
+        ending = final['payload']['audit_period_ending']
+        self.assertEqual(ending[:8] + '01 00:00:00',
                          final['payload']['audit_period_beginning'])
+        # The usage: what the guest used since the last exists.
+        data = final['payload']['usage']['nova_object.data']
+        period = data['period']['nova_object.data']
+        self.assertEqual('2026-11-22T10:00:00Z', period['period_beginning'])
+        reported = exists_['payload']['usage']['nova_object.data']
+        self.assertEqual(data['cpu_time_ns'] - reported['cpu_time_ns'],
+                         period['cpu_time_ns'])
 
     def test_instance_gone_from_the_hypervisor_uses_the_cache(self):
         self.service.poll()

@@ -622,6 +622,9 @@ class TestExistsOfTheCurrentPeriod(NovaComputeTestCase):
     rescue, resize, revert resize and shelve send it, with both formats."""
 
     def test_legacy_and_versioned_report_the_same_period_usage(self):
+        # The service's first poll set the baseline; this one gives the
+        # period some usage.
+        self.service.poll()
         compute_utils.notify_usage_exists(
             self.compute.notifier, self.context, self.instance, self.host,
             current_period=True)

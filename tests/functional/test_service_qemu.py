@@ -56,8 +56,11 @@ class TestGuestRestart(testtools.TestCase):
             self.assertGreaterEqual(
                 getattr(total3.disks['vda'], name),
                 getattr(total2.disks['vda'], name), name)
+        # The cache started empty: the period counts from the first poll.
         period = svc.period_usage(self.guest.uuid)
-        self.assertEqual(total3.cpu_time_ns, period.cpu_time_ns)
+        self.assertEqual(total3.cpu_time_ns - total1.cpu_time_ns,
+                         period.cpu_time_ns)
+        self.assertEqual(raw1.read_at, period.period_start)
 
     def test_totals_survive_a_nova_compute_restart_and_a_guest_restart(self):
         svc = self.make_service()

@@ -256,6 +256,55 @@ class TestCounting(CacheTestCase):
                           device_grace=datetime.timedelta(seconds=-1))
 
 
+class TestFirstRead(CacheTestCase):
+    """A cache that starts empty (first deployment, or a file set aside):
+    what ran before was metered by something else."""
+
+    def test_first_full_read_starts_the_period_of_every_instance(self):
+        cache = self.make_cache()
+        cache.update([reading(0, cpu=1000, disks={'vda': 50}),
+                      reading(0, uuid=OTHER, cpu=70)])
+        self.assertEqual(1000, cache.totals(UUID).cpu_time_ns)
+        period = cache.period_usage(UUID)
+        self.assertEqual(0, period.cpu_time_ns)
+        self.assertEqual(0, period.disks['vda'].read_bytes)
+        self.assertEqual(_at(0), period.period_start)
+        cache.update([reading(10, cpu=1300, disks={'vda': 80}),
+                      reading(10, uuid=OTHER, cpu=90)])
+        self.assertEqual(300, cache.period_usage(UUID).cpu_time_ns)
+        self.assertEqual(20, cache.period_usage(OTHER).cpu_time_ns)
+        self.assertIn('started empty', self.log.output)
+
+    def test_instances_first_seen_later_count_whole(self):
+        cache = self.make_cache()
+        cache.update([reading(0, cpu=1000)])
+        cache.update([reading(10, cpu=1100), reading(10, uuid=OTHER, cpu=40)])
+        self.assertEqual(40, cache.period_usage(OTHER).cpu_time_ns)
+        self.assertIsNone(cache.period_usage(OTHER).period_start)
+
+    def test_a_cache_read_back_is_no_first_read(self):
+        cache = self.make_cache()
+        cache.update([reading(0, cpu=1000)])
+        cache.save()
+        cache = self.make_cache()
+        cache.update([reading(10, cpu=1100), reading(10, uuid=OTHER, cpu=40)])
+        self.assertEqual(100, cache.period_usage(UUID).cpu_time_ns)
+        self.assertEqual(40, cache.period_usage(OTHER).cpu_time_ns)
+
+    def test_set_aside_file_starts_a_baseline_again(self):
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, 'w') as f:
+            f.write('{broken')
+        cache = self.make_cache()
+        cache.update([reading(0, cpu=1000)])
+        self.assertEqual(0, cache.period_usage(UUID).cpu_time_ns)
+
+    def test_can_be_turned_off(self):
+        cache = self.make_cache(baseline_first_read=False)
+        cache.update([reading(0, cpu=1000)])
+        self.assertEqual(1000, cache.period_usage(UUID).cpu_time_ns)
+
+
 class TestPeriods(CacheTestCase):
 
     def test_period_usage_after_start_period(self):
