@@ -23,3 +23,7 @@ def forbid_eventlet():
 
 
 forbid_eventlet()
+
+
+class CommandError(Exception):
+    """A problem to report on one line of stderr, then exit non-zero."""

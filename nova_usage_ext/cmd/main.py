@@ -4,6 +4,8 @@
 once (or every ``--interval`` seconds) and prints one line per instance.
 With no ``--connection-uri`` it reads the demo node shipped with the
 package through libvirt's test driver, so it runs with no hypervisor.
+``nova-usage-ext listen`` prints or checks what arrives on the bus
+(:mod:`nova_usage_ext.cmd.listen`).
 """
 
 import argparse
@@ -14,8 +16,12 @@ import socket
 import sys
 import time
 
+from nova_usage_ext import cmd
 from nova_usage_ext import exists
+from nova_usage_ext.cmd import listen
 from nova_usage_ext.virt import base
+
+CommandError = cmd.CommandError
 
 DEMO_NODE = 'demo-node.xml'
 
@@ -31,10 +37,6 @@ def demo_node_path():
         if os.path.isfile(path):
             return os.path.normpath(path)
     return os.path.normpath(candidates[0])
-
-
-class CommandError(Exception):
-    """A problem to report on one line of stderr, then exit non-zero."""
 
 
 def _check_test_uri(uri):
@@ -161,6 +163,7 @@ def build_parser():
                    help="nova's instance_usage_audit_period, for the audit "
                         'period of --format notification (default: hour)')
     p.set_defaults(func=poll)
+    listen.add_parser(sub, _non_negative)
     return parser
 
 
