@@ -74,11 +74,9 @@ _TEMP_SUFFIX = '.tmp'
 
 DISK = 'disk'
 INTERFACE = 'interface'
-CPU_COUNTERS = ('cpu_time_ns', 'vcpu_time_ns')
-DISK_COUNTERS = ('read_bytes', 'read_requests', 'write_bytes',
-                 'write_requests')
-INTERFACE_COUNTERS = ('rx_bytes', 'rx_packets', 'rx_errors', 'rx_drops',
-                      'tx_bytes', 'tx_packets', 'tx_errors', 'tx_drops')
+CPU_COUNTERS = base.CPU_COUNTERS
+DISK_COUNTERS = base.DISK_IO_COUNTERS
+INTERFACE_COUNTERS = base.INTERFACE_COUNTERS
 COUNTERS = {DISK: DISK_COUNTERS, INTERFACE: INTERFACE_COUNTERS}
 
 # Power states without a guest process, whose devices are not read (as

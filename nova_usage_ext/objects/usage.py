@@ -11,6 +11,7 @@ from oslo_utils import versionutils
 from oslo_versionedobjects import fields
 
 from nova_usage_ext.objects import base
+from nova_usage_ext.virt import base as virt_base
 
 register = base.UsageObjectRegistry.register
 
@@ -42,8 +43,7 @@ class DiskUsagePayload(base.UsageObject):
     # Version 1.0: initial version
     VERSION = '1.0'
 
-    COUNTERS = ('read_bytes', 'read_requests', 'write_bytes',
-                'write_requests', 'errors', 'capacity_bytes')
+    COUNTERS = virt_base.DISK_IO_COUNTERS + ('errors', 'capacity_bytes')
 
     fields = {
         'device': fields.StringField(),
@@ -79,8 +79,7 @@ class AttachedVolumeUsagePayload(base.UsageObject):
     # Version 1.0: initial version
     VERSION = '1.0'
 
-    COUNTERS = ('read_bytes', 'read_requests', 'write_bytes',
-                'write_requests')
+    COUNTERS = virt_base.DISK_IO_COUNTERS
 
     fields = {
         'volume_id': fields.StringField(),
@@ -109,8 +108,7 @@ class InterfaceUsagePayload(base.UsageObject):
     # Version 1.0: initial version
     VERSION = '1.0'
 
-    COUNTERS = ('rx_bytes', 'rx_packets', 'rx_errors', 'rx_drops',
-                'tx_bytes', 'tx_packets', 'tx_errors', 'tx_drops')
+    COUNTERS = virt_base.INTERFACE_COUNTERS
 
     fields = {
         'name': fields.StringField(),

@@ -37,6 +37,15 @@ DISKS = 'disks'
 ALL_KINDS = (CPU, INTERFACES, DISKS)
 
 
+# The cumulative counters of each record, by name: the one list the
+# counter cache and the payloads follow.
+CPU_COUNTERS = ('cpu_time_ns', 'vcpu_time_ns')
+DISK_IO_COUNTERS = ('read_bytes', 'read_requests', 'write_bytes',
+                    'write_requests')
+INTERFACE_COUNTERS = ('rx_bytes', 'rx_packets', 'rx_errors', 'rx_drops',
+                      'tx_bytes', 'tx_packets', 'tx_errors', 'tx_drops')
+
+
 class UsageReaderError(Exception):
     """Base of every error a usage reader raises."""
 
