@@ -32,7 +32,6 @@ import threading
 import time
 import uuid as uuidlib
 
-import kombu
 import libvirt
 import oslo_messaging
 
@@ -49,46 +48,21 @@ from tests.functional import test_notifier
 
 DELETE_START = 'compute.instance.delete.start'
 WARMUP = 10
-PRIORITIES = ('audit', 'debug', 'info', 'warn', 'error', 'critical',
-              'sample')
-
-
-def delete_queues(topic):
-    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
-                          connect_timeout=5) as conn:
-        channel = conn.channel()
-        for priority in PRIORITIES:
-            try:
-                channel.queue_delete('%s.%s' % (topic, priority))
-            except Exception:
-                channel = conn.channel()
+delete_queues = bus.delete_queues
 
 
 def drain(queue):
     """Every message in a queue (oslo envelopes opened), oldest first."""
     messages = []
-    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
-                          connect_timeout=5) as conn:
-        channel = conn.channel()
-        while True:
-            msg = channel.basic_get(queue, no_ack=True)
-            if msg is None:
-                break
-            body = json.loads(msg.body)
-            if 'oslo.message' in body:
-                body = json.loads(body['oslo.message'])
-            messages.append(body)
+    for raw in bus.drain(queue):
+        body = json.loads(raw)
+        if 'oslo.message' in body:
+            body = json.loads(body['oslo.message'])
+        messages.append(body)
     return messages
 
 
-def queue_depth(queue):
-    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
-                          connect_timeout=5) as conn:
-        channel = conn.channel()
-        try:
-            return channel.queue_declare(queue=queue, passive=True)[1]
-        except Exception:
-            return None
+queue_depth = bus.queue_depth
 
 
 class PassClock:
@@ -155,7 +129,7 @@ class Breakdown:
 STEPS = (('read_now', 'read the instance (service.read_now)'),
          ('final_message', 'build the final exists (payload with period)'),
          ('send_final', 'send the final exists (messagingv2)'),
-         ('forget', 'forget the instance (cache update + save)'))
+         ('forget', 'forget the instance (cache only, no save)'))
 
 
 def _usage_driver(notifier):

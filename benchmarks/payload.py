@@ -1,9 +1,11 @@
 """Part 4: the usage payload and the bus.
 
-- Build and serialize cost per instance: ``InstanceUsagePayload.
-  from_record(...).to_wire()`` and ``json.dumps``, for a reading the shape
-  of the benchmark guests' (one disk, one tap), without and with the
-  audit period's usage (the hook sends the latter); profiled with cProfile.
+- Build and serialize cost per instance: ``exists.usage_primitive`` (the
+  package's path, which builds the wire dicts directly) and ``json.dumps``,
+  for a reading the shape of the benchmark guests' (one disk, one tap),
+  without and with the audit period's usage (the hook sends the latter);
+  profiled with cProfile. For comparison, the same through the objects
+  (``from_record(...).to_wire()``), timed in its parts.
 - Messages and bytes per second to RabbitMQ: one ``compute.instance.exists``
   per instance against one message per host carrying the list of usage
   payloads (the host bulk notification of DESIGN.md section 1, which this
@@ -21,9 +23,7 @@ import pstats
 import time
 import uuid as uuidlib
 
-import kombu
 import oslo_messaging
-from oslo_versionedobjects import fields as ovo_fields
 
 from benchmarks import common
 from benchmarks import hook
@@ -119,136 +119,7 @@ def build_cost(n=1000, repeat=5):
         usages[0], HOST)))
     out['bytes_with_period'] = len(json.dumps(wire))
     out['profile'] = profile(usages, periods)
-    out['what_if'] = what_if(usages, periods, repeat)
     return out
-
-
-# -- what-ifs: not package code, only to size the fix the report describes ---
-
-def _fast_wire(obj):
-    """The same primitive as ``UsageObject.to_wire()`` (no
-    ``nova_object.changes``, current version) read straight from the
-    object's attributes: no obj_reset_changes / obj_what_changed walks."""
-    values = obj.__dict__
-    data = {}
-    for name, field in obj.fields.items():
-        key = '_obj_' + name
-        if key not in values:
-            continue
-        value = values[key]
-        if value is None:
-            data[name] = None
-        elif isinstance(field, ovo_fields.ObjectField):
-            data[name] = _fast_wire(value)
-        elif isinstance(field, ovo_fields.ListOfObjectsField):
-            data[name] = [_fast_wire(v) for v in value]
-        else:
-            data[name] = field.to_primitive(obj, name, value)
-    return {'nova_object.name': obj.obj_name(),
-            'nova_object.namespace': obj.OBJ_PROJECT_NAMESPACE,
-            'nova_object.version': obj.VERSION,
-            'nova_object.data': data}
-
-
-_P = usage_objects
-_READ_AT = _P.InstanceUsagePayload.fields['read_at']
-_BEGIN = _P.PeriodUsagePayload.fields['period_beginning']
-
-
-def _wrap(cls, data):
-    return {'nova_object.name': cls.obj_name(),
-            'nova_object.namespace': cls.OBJ_PROJECT_NAMESPACE,
-            'nova_object.version': cls.VERSION, 'nova_object.data': data}
-
-
-def _present(data, record, names):
-    for name in names:
-        value = getattr(record, name, None)
-        if value is not None:
-            data[name] = value
-    return data
-
-
-def _int_fields(cls):
-    """The counters of an object: its integer fields, set only when the
-    record has a value (as from_record and from_counters do)."""
-    return tuple(name for name, field in cls.fields.items()
-                 if isinstance(field._type, (ovo_fields.Integer,
-                                             ovo_fields.NonNegativeInteger)))
-
-
-def _direct_wire(usage, host, final, source, period):
-    """The wire dict built straight from the record (no objects)."""
-    disk_cls, nic_cls = _P.DiskUsagePayload, _P.InterfaceUsagePayload
-    vol_cls = _P.AttachedVolumeUsagePayload
-    period_cls, usage_cls = _P.PeriodUsagePayload, _P.InstanceUsagePayload
-    period_wire = None
-    if period is not None:
-        pdata = {'period_beginning': (
-            _BEGIN.to_primitive(None, 'period_beginning',
-                                period.period_start)
-            if period.period_start is not None else None)}
-        _present(pdata, period, _int_fields(period_cls))
-        pdata['disks'] = [
-            _wrap(disk_cls, _present({'device': name}, d, disk_cls.COUNTERS))
-            for name, d in sorted(period.disks.items())]
-        pdata['interfaces'] = [
-            _wrap(nic_cls, _present({'name': name, 'mac': None}, i,
-                                    nic_cls.COUNTERS))
-            for name, i in sorted(period.interfaces.items())]
-        period_wire = _wrap(period_cls, pdata)
-    data = {
-        'instance_uuid': usage.uuid, 'instance_name': usage.name,
-        'display_name': usage.display_name, 'project_id': usage.project_id,
-        'user_id': usage.user_id, 'host': host,
-        'flavor_name': usage.flavor.name if usage.flavor else None,
-        'power_state': usage.state_name}
-    _present(data, usage, _int_fields(usage_cls))
-    data['disks'] = [_wrap(disk_cls, _present({'device': d.device}, d,
-                                              disk_cls.COUNTERS))
-                     for d in usage.disks]
-    data['interfaces'] = [
-        _wrap(nic_cls, _present({'name': i.name, 'mac': i.mac}, i,
-                                nic_cls.COUNTERS))
-        for i in usage.interfaces]
-    data['volumes'] = [
-        _wrap(vol_cls, _present({'volume_id': d.volume_id,
-                                 'device': d.device}, d, vol_cls.COUNTERS))
-        for d in usage.disks if d.volume_id]
-    data['read_at'] = _READ_AT.to_primitive(None, 'read_at', usage.read_at)
-    data['final'] = final
-    data['source'] = source
-    data['period'] = period_wire
-    # The objects' field order, which json.dumps keeps.
-    data = {name: data[name] for name in usage_cls.fields if name in data}
-    return _wrap(usage_cls, data)
-
-
-def what_if(usages, periods, repeat):
-    """Two ways the package could build the same bytes faster."""
-    u = usages[0]
-    reference = json.dumps(exists.usage_primitive(
-        u, HOST, final=True, period=periods[u.uuid]), sort_keys=True)
-
-    def objects_fast_wire(u):
-        return json.dumps(_fast_wire(
-            usage_objects.InstanceUsagePayload.from_record(
-                u, host=HOST, final=True, source='hypervisor',
-                period=periods[u.uuid])))
-
-    def direct(u):
-        return json.dumps(_direct_wire(u, HOST, True, 'hypervisor',
-                                       periods[u.uuid]))
-
-    same = [json.dumps(json.loads(f(u)), sort_keys=True) == reference
-            for f in (objects_fast_wire, direct)]
-    return {
-        'objects_fast_wire_us': _per_instance(objects_fast_wire, usages,
-                                              repeat),
-        'objects_fast_wire_same_bytes': same[0],
-        'direct_dicts_us': _per_instance(direct, usages, repeat),
-        'direct_dicts_same_bytes': same[1],
-    }
 
 
 def profile(usages, periods, top=12):
@@ -279,17 +150,8 @@ def profile(usages, periods, top=12):
 
 def _queue_stats(queue):
     """Number and total body bytes of the messages in a queue (drained)."""
-    count = size = 0
-    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
-                          connect_timeout=5) as conn:
-        channel = conn.channel()
-        while True:
-            msg = channel.basic_get(queue, no_ack=True)
-            if msg is None:
-                break
-            count += 1
-            size += len(msg.body)
-    return count, size
+    bodies = bus.drain(queue)
+    return len(bodies), sum(len(body) for body in bodies)
 
 
 def _send_all(notifier, messages, queue, expected):

@@ -15,18 +15,9 @@ import libvirt
 
 from benchmarks import common
 from tests import libvirt_node
+from tests.functional import fixtures as qemu_fixtures
 
 URI = 'test+unix:///default'
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _remove(dom):
@@ -66,7 +57,7 @@ class TestDomains:
         pattern = re.compile(r'^%s(\d+)-' % re.escape(common.PREFIX))
         for dom in self.conn.listAllDomains():
             match = pattern.match(dom.name())
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not qemu_fixtures.pid_alive(int(match.group(1))):
                 _remove(dom)
 
     def grow_to(self, count):

@@ -18,6 +18,47 @@ RABBIT_URL = os.environ.get('NOVA_USAGE_EXT_RABBIT_URL',
                             'rabbit://guest:guest@127.0.0.1:5672/')
 
 
+PRIORITIES = ('audit', 'debug', 'info', 'warn', 'error', 'critical',
+              'sample')
+
+
+def _amqp():
+    return kombu.Connection(RABBIT_URL.replace('rabbit://', 'amqp://'),
+                            connect_timeout=5)
+
+
+def delete_queues(topic):
+    """Delete the queues oslo.messaging made for ``topic``."""
+    with _amqp() as conn:
+        channel = conn.channel()
+        for priority in PRIORITIES:
+            try:
+                channel.queue_delete('%s.%s' % (topic, priority))
+            except Exception:
+                channel = conn.channel()
+
+
+def queue_depth(queue):
+    """Messages waiting in a queue, or None when there is no such queue."""
+    with _amqp() as conn:
+        try:
+            return conn.channel().queue_declare(queue=queue, passive=True)[1]
+        except Exception:
+            return None
+
+
+def drain(queue):
+    """Every message body in a queue, oldest first; the queue is emptied."""
+    bodies = []
+    with _amqp() as conn:
+        channel = conn.channel()
+        while True:
+            msg = channel.basic_get(queue, no_ack=True)
+            if msg is None:
+                return bodies
+            bodies.append(msg.body)
+
+
 def make_conf():
     conf = cfg.ConfigOpts()
     conf([], project='nova-usage-ext-tests')
@@ -63,7 +104,7 @@ class Listener(fixtures.Fixture):
             self.transport, [oslo_messaging.Target(topic=self.topic)],
             [self.endpoint], executor='threading')
         self.listener.start()
-        self.addCleanup(self._delete_queues)
+        self.addCleanup(delete_queues, self.topic)
         self.addCleanup(self.listener.wait)
         self.addCleanup(self.listener.stop)
         self._probe()
@@ -84,17 +125,6 @@ class Listener(fixtures.Fixture):
                                  % RABBIT_URL)
         with self.endpoint.cond:
             self.endpoint.messages.clear()
-
-    def _delete_queues(self):
-        with kombu.Connection(RABBIT_URL.replace('rabbit://', 'amqp://'),
-                              connect_timeout=5) as conn:
-            channel = conn.channel()
-            for priority in ('info', 'error', 'warn', 'debug', 'audit',
-                             'critical', 'sample'):
-                try:
-                    channel.queue_delete('%s.%s' % (self.topic, priority))
-                except Exception:
-                    channel = conn.channel()
 
     @property
     def messages(self):

@@ -25,7 +25,6 @@ import sys
 import time
 
 import fixtures
-import kombu
 import libvirt
 import yaml
 from ceilometer.compute import discovery as ceilometer_discovery
@@ -352,35 +351,13 @@ def discover(conf, guests_uuids):
 
 # -- ceilometer's notification agent ----------------------------------------
 
-PRIORITIES = ('audit', 'debug', 'info', 'warn', 'error', 'critical',
-              'sample')
-
-
-def delete_queues(topic):
-    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
-                          connect_timeout=5) as conn:
-        channel = conn.channel()
-        for priority in PRIORITIES:
-            try:
-                channel.queue_delete('%s.%s' % (topic, priority))
-            except Exception:
-                channel = conn.channel()
-
-
 def wait_for_queue(name, timeout=15):
     deadline = time.monotonic() + timeout
-    with kombu.Connection(bus.RABBIT_URL.replace('rabbit://', 'amqp://'),
-                          connect_timeout=5) as conn:
-        while True:
-            channel = conn.channel()
-            try:
-                channel.queue_declare(queue=name, passive=True)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise AssertionError('queue %s did not appear within '
-                                         '%d s' % (name, timeout))
-                time.sleep(0.05)
+    while bus.queue_depth(name) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError('queue %s did not appear within %d s'
+                                 % (name, timeout))
+        time.sleep(0.05)
 
 
 class NotificationAgent(fixtures.Fixture):
@@ -431,7 +408,7 @@ class NotificationAgent(fixtures.Fixture):
 
         # ceilometer keeps its transports in a module-level cache.
         self._drop_transports()
-        self.addCleanup(delete_queues, self.topic)
+        self.addCleanup(bus.delete_queues, self.topic)
         self.addCleanup(self._drop_transports)
         self.service = ceilometer_notification.NotificationService(0, conf)
         self.addCleanup(self._stop)

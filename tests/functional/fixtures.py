@@ -239,7 +239,7 @@ class Guest:
     vcpus: int = 1
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -271,7 +271,7 @@ def remove_stale_guests(conn):
     pattern = re.compile(r'^%s(\d+)-' % re.escape(GUEST_PREFIX))
     for dom in conn.listAllDomains():
         match = pattern.match(dom.name())
-        if not match or _pid_alive(int(match.group(1))):
+        if not match or pid_alive(int(match.group(1))):
             continue
         LOG.warning('Removing guest %s left by dead test process %s',
                     dom.name(), match.group(1))
