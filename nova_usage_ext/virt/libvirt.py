@@ -1,8 +1,12 @@
 """libvirt backend of the usage reader.
 
-One cycle is one ``getAllDomainStats`` call asking only for the state, CPU,
-interface and block groups, with NOWAIT so that a domain whose job lock is
-held (a migration) is returned without stats instead of stalling the call.
+A cycle reads every domain's stats asking only for the state group and the
+CPU, interface and block groups that are due, with NOWAIT so that a domain
+whose job lock is held (a migration) is returned without stats instead of
+stalling the call. The first cycle, and any after libvirt reported a domain
+defined, undefined, started or stopped, is one ``getAllDomainStats`` call;
+the others split the domains it listed over ``stats_workers`` concurrent
+``domainListGetStats`` calls (see ``libvirt_domains`` for why).
 Each domain's XML is parsed once and cached by uuid; it is parsed again when
 the domain is restarted or redefined (new domain id) or shows a device the
 cached XML did not have (hot plug).
@@ -11,17 +15,21 @@ Where the bulk API is unsupported, or returns no counters for a running
 domain (libvirt's test driver returns only the state group), the reader
 falls back to per-domain calls and says so once in the log.
 
-This is the only module of the package that imports libvirt.
+This module and ``libvirt_domains`` are the only ones importing libvirt.
 """
 
+import concurrent.futures
 import threading
 
 import libvirt
+from oslo_config import cfg
 from oslo_log import log as logging
 
+from nova_usage_ext import conf as usage_conf
 from nova_usage_ext.virt import base
 from nova_usage_ext.virt import domain_xml
 from nova_usage_ext.virt import driver
+from nova_usage_ext.virt import libvirt_domains
 
 LOG = logging.getLogger(__name__)
 
@@ -71,6 +79,11 @@ def stat_groups(kinds):
 STAT_GROUPS = stat_groups(base.ALL_KINDS)
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
+# Concurrent stats calls per cycle by default, and the fewest domains worth
+# a call of their own (below that, a thread costs more than it saves).
+DEFAULT_STATS_WORKERS = 2
+MIN_DOMAINS_PER_CALL = 4
+
 
 def _silence_libvirt_stderr():
     # libvirt-python's default handler prints every error to stderr; the
@@ -113,8 +126,11 @@ def is_connection_error(exc):
 class LibvirtConnection:
     """Opens a libvirt URI on first use and reopens it after it drops."""
 
-    def __init__(self, uri, read_only=True):
+    def __init__(self, uri, read_only=True, events=True):
         _silence_libvirt_stderr()
+        if events:
+            # Before any open: the reader's domain list relies on events.
+            libvirt_domains.ensure_event_loop()
         self.uri = uri
         self.read_only = read_only
         self._conn = None
@@ -176,15 +192,25 @@ class LibvirtUsageReader(base.UsageReader):
     :param connection: an object with ``get()`` returning a live
         ``virConnect`` and ``reset()`` dropping it (``LibvirtConnection``,
         or an adapter over nova's ``Host``).
+    :param stats_workers: how many stats calls a cycle may run at once;
+        1 makes every cycle one ``getAllDomainStats`` call.
     """
 
-    def __init__(self, connection):
+    def __init__(self, connection, stats_workers=DEFAULT_STATS_WORKERS):
+        if stats_workers < 1:
+            raise ValueError('stats_workers must be 1 or more, not %r'
+                             % (stats_workers,))
         self._connection = connection
         self._cache = {}
         self._cache_lock = threading.Lock()
         self._bulk = True
         self._bulk_flags = NOWAIT
         self._fallback_logged = False
+        self.stats_workers = stats_workers
+        self._domains = (libvirt_domains.DomainList()
+                         if stats_workers > 1 else None)
+        self._pool = None
+        self._pool_lock = threading.Lock()
 
     # -- the contract ------------------------------------------------------
 
@@ -240,6 +266,12 @@ class LibvirtUsageReader(base.UsageReader):
             self._host_error(exc, 'read domain %s' % uuid)
 
     def close(self):
+        if self._domains is not None:
+            self._domains.close()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
         self._connection.reset()
 
     # -- helpers -----------------------------------------------------------
@@ -252,23 +284,75 @@ class LibvirtUsageReader(base.UsageReader):
 
     def _list_with_stats(self, conn, groups):
         if self._bulk:
-            try:
-                return conn.getAllDomainStats(groups, self._bulk_flags)
-            except libvirt.libvirtError as exc:
-                code = exc.get_error_code()
-                if code == libvirt.VIR_ERR_INVALID_ARG and self._bulk_flags:
-                    # libvirt older than 4.5 does not know NOWAIT.
-                    LOG.warning('libvirt rejects the NOWAIT flag; bulk stats '
-                                'may wait for busy domains')
-                    self._bulk_flags = 0
-                    return conn.getAllDomainStats(groups, 0)
-                if code != libvirt.VIR_ERR_NO_SUPPORT:
-                    raise
-                LOG.warning('libvirt at %s has no bulk stats API; reading '
-                            'each domain separately', conn.getURI())
-                self._bulk = False
-                self._fallback_logged = True
+            parts = self._split_listed(conn)
+            if parts is not None:
+                return self._stats_in_parallel(conn, parts, groups)
+            token = (self._domains.begin_listing(conn)
+                     if self._domains is not None else None)
+            entries = self._all_stats(conn, groups)
+            if entries is not None:
+                if token is not None:
+                    self._domains.store(token, [dom for dom, _ in entries])
+                return entries
         return [(dom, None) for dom in conn.listAllDomains()]
+
+    def _all_stats(self, conn, groups):
+        """One ``getAllDomainStats`` call; None where the API is missing."""
+        try:
+            return conn.getAllDomainStats(groups, self._bulk_flags)
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            if code == libvirt.VIR_ERR_INVALID_ARG and self._bulk_flags:
+                # libvirt older than 4.5 does not know NOWAIT.
+                LOG.warning('libvirt rejects the NOWAIT flag; bulk stats '
+                            'may wait for busy domains')
+                self._bulk_flags = 0
+                return conn.getAllDomainStats(groups, 0)
+            if code != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            LOG.warning('libvirt at %s has no bulk stats API; reading '
+                        'each domain separately', conn.getURI())
+            self._bulk = False
+            self._fallback_logged = True
+            return None
+
+    def _split_listed(self, conn):
+        """The listed domains in disjoint parts, one per call, or None when
+        a full call is due or too few domains are worth splitting."""
+        if self._domains is None:
+            return None
+        domains = self._domains.current(conn)
+        if domains is None:
+            return None
+        calls = min(self.stats_workers,
+                    len(domains) // MIN_DOMAINS_PER_CALL)
+        if calls < 2:
+            return None
+        return [domains[i::calls] for i in range(calls)]
+
+    def _stats_in_parallel(self, conn, parts, groups):
+        # The calling thread reads the first part; pool threads the others.
+        # libvirt-python lets the GIL go during each call.
+        pool = self._executor()
+        futures = [pool.submit(conn.domainListGetStats, part, groups,
+                               self._bulk_flags) for part in parts[1:]]
+        try:
+            entries = list(conn.domainListGetStats(parts[0], groups,
+                                                   self._bulk_flags))
+        finally:
+            # Never leave a call running past the cycle, even on error.
+            concurrent.futures.wait(futures)
+        for future in futures:
+            entries.extend(future.result())
+        return entries
+
+    def _executor(self):
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.stats_workers - 1,
+                    thread_name_prefix='usage-ext-stats')
+            return self._pool
 
     def _one_domain_stats(self, conn, dom, kinds):
         """Bulk stats of one domain: the same source as ``read_all``, so
@@ -473,6 +557,11 @@ class NovaHostConnection:
         pass
 
 
+def configured_stats_workers(conf):
+    usage_conf.register_opts(conf)
+    return conf[usage_conf.GROUP].libvirt_stats_workers
+
+
 class LibvirtUsageMixin(driver.UsageDriverMixin):
     """Usage methods for nova's LibvirtDriver (which owns ``_host``)."""
 
@@ -480,7 +569,10 @@ class LibvirtUsageMixin(driver.UsageDriverMixin):
     def usage_reader(self):
         reader = getattr(self, '_usage_reader', None)
         if reader is None:
-            reader = LibvirtUsageReader(NovaHostConnection(self._host))
+            # nova-compute runs libvirt's event loop and owns the connection.
+            reader = LibvirtUsageReader(
+                NovaHostConnection(self._host),
+                stats_workers=configured_stats_workers(cfg.CONF))
             self._usage_reader = reader
         return reader
 

@@ -186,8 +186,9 @@ class TestBulkPath(QemuReaderTestCase):
         # listed domain (ours and any other process's), nothing else.
         for _attempt in range(10):
             counting = ListingCounter(readonly)
+            # One call per cycle (the split cycles: TestSplitCycles).
             reader = libvirt_usage.LibvirtUsageReader(
-                libvirt_calls.StaticConnection(counting))
+                libvirt_calls.StaticConnection(counting), stats_workers=1)
             usages = reader.read_all()
             (listing,) = counting.listings
             self.assertTrue(ours <= set(listing))
@@ -235,6 +236,77 @@ class TestBulkPath(QemuReaderTestCase):
         self.read_ours(self.make_reader(), node.guests)
         self.assertNotIn('no bulk', self.log.output)
         self.assertNotIn('one by one', self.log.output)
+
+
+class TestSplitCycles(QemuReaderTestCase):
+
+    def test_split_cycles_read_every_guest_and_counters_only_grow(self):
+        node = self.make_guests(8)
+        ours = {g.uuid for g in node.guests}
+        # Events reach a connection opened after the event loop exists.
+        libvirt_usage.libvirt_domains.ensure_event_loop()
+        readonly = libvirt.openReadOnly(qemu_fixtures.URI)
+        self.addCleanup(readonly.close)
+        counting = ListingCounter(readonly)
+        reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_calls.StaticConnection(counting), stats_workers=2)
+        self.addCleanup(reader.close)
+        previous = self.read_ours(reader, node.guests)
+        split_cycles = 0
+        # Other test processes start and stop guests on this daemon: each
+        # of their lifecycle events makes the next cycle a full one.
+        for _cycle in range(40):
+            counting.reset_counts()
+            usages = self.read_ours(reader, node.guests)
+            self.assertEqual(ours, set(usages))
+            calls = {k: v for k, v in counting.calls.items()
+                     if not k.startswith('domain.')}
+            if calls == {'domainListGetStats': 2}:
+                split_cycles += 1
+            else:
+                self.assertEqual({'getAllDomainStats': 1}, calls)
+            for uuid, usage in usages.items():
+                before = previous[uuid]
+                self.assertEqual(before.generation, usage.generation)
+                self.assertGreaterEqual(usage.cpu_time_ns,
+                                        before.cpu_time_ns)
+                self.assertGreaterEqual(usage.vcpu_time_ns,
+                                        before.vcpu_time_ns)
+                (iface,) = usage.interfaces
+                self.assertGreaterEqual(
+                    iface.rx_bytes, before.interfaces[0].rx_bytes)
+                # A disk is missing from a cycle in which another client
+                # held the guest's job (NOWAIT); when there, it only grows.
+                for disk in usage.disks:
+                    self.assertEqual(qemu_fixtures.DISK_DEVICE, disk.device)
+                    for old in before.disks:
+                        self.assertGreaterEqual(disk.read_bytes,
+                                                old.read_bytes)
+            previous = usages
+            if split_cycles >= 3:
+                break
+            time.sleep(0.05)
+        self.assertGreaterEqual(split_cycles, 3,
+                                'fewer than 3 split cycles in 40')
+
+    def test_guest_started_after_the_listing_is_read(self):
+        node = self.make_guests(8)
+        libvirt_usage.libvirt_domains.ensure_event_loop()
+        readonly = libvirt.openReadOnly(qemu_fixtures.URI)
+        self.addCleanup(readonly.close)
+        reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_calls.StaticConnection(readonly), stats_workers=2)
+        self.addCleanup(reader.close)
+        self.read_ours(reader, node.guests)
+        self.read_ours(reader, node.guests)
+        late = self.make_guests(1)
+        # The guest's start event reaches the reader in well under a
+        # second; the cycle after it must list the guest.
+        deadline = time.monotonic() + 5
+        while late.guests[0].uuid not in self.read_ours(reader, late.guests):
+            self.assertLess(time.monotonic(), deadline,
+                            'a started guest was not read within 5 s')
+            time.sleep(0.1)
 
 
 class TestNovaInstanceFilter(QemuReaderTestCase):

@@ -24,6 +24,7 @@ class TestOpts(testtools.TestCase):
                           ('usage_ext', 'cpu_poll_interval'),
                           ('usage_ext', 'notification_drivers'),
                           ('usage_ext', 'final_exists_budget'),
+                          ('usage_ext', 'libvirt_stats_workers'),
                           ('usage_ext', 'state_dir')}, listed)
 
     def test_sample_matches_the_generator(self):
@@ -53,3 +54,20 @@ class TestOpts(testtools.TestCase):
         conf([])
         self.assertEqual(['messagingv2'],
                          conf.usage_ext.notification_drivers)
+
+    def test_stats_workers_reach_the_reader_and_zero_is_refused(self):
+        from nova_usage_ext.virt import libvirt as libvirt_usage
+        conf = cfg.ConfigOpts()
+        conf([])
+        self.assertEqual(2, libvirt_usage.configured_stats_workers(conf))
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'c')
+        with open(path, 'w') as f:
+            f.write('[usage_ext]\nlibvirt_stats_workers = 1\n')
+        conf(['--config-file', path])
+        self.assertEqual(1, libvirt_usage.configured_stats_workers(conf))
+        with open(path, 'w') as f:
+            f.write('[usage_ext]\nlibvirt_stats_workers = 0\n')
+        conf.reload_config_files()
+        exc = self.assertRaises(cfg.ConfigFileValueError,
+                                libvirt_usage.configured_stats_workers, conf)
+        self.assertIn('libvirt_stats_workers', str(exc))
