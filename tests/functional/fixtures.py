@@ -303,11 +303,9 @@ class QemuGuests(fixtures.Fixture):
     ``domain(guest)`` looks a guest up on it.
     """
 
-    def __init__(self, count=2, nova=True, flavor='m1.nano',
-                 domain_type='qemu'):
+    def __init__(self, count=2, nova=True, flavor='m1.nano'):
         super().__init__()
         self.count = count
-        self.domain_type = domain_type
         self.nova = nova
         self.flavor = flavor
         self.guests = []
@@ -345,7 +343,7 @@ class QemuGuests(fixtures.Fixture):
                 guest.name, guest.uuid, metadata,
                 disks=[(guest.disk_device, guest.disk_path, None)],
                 interfaces=[(guest.tap, guest.mac)],
-                domain_type=self.domain_type, memory_mb=guest.memory_mb,
+                domain_type='qemu', memory_mb=guest.memory_mb,
                 vcpus=guest.vcpus, os_xml=OS_XML)
             dom = self.conn.defineXML(xml)
             self.guests.append(guest)  # from here on _remove_all removes it
