@@ -1,15 +1,16 @@
 """Part 1: one poll cycle on real QEMU guests, this package against
 ceilometer 27's compute agent, alternating.
 
-Each cycle of ours is ``LibvirtUsageReader.read_all()``; each cycle of
+Each cycle of ours is ``LibvirtUsageReader.read_all()``, measured twice:
+as shipped (``stats_workers`` 2: steady cycles split over two concurrent
+calls) and held to one call per cycle (``stats_workers`` 1). Each cycle of
 ceilometer's is discovery plus its 13 pollsters of the same meters (see
-``benchmarks.ceilometer_cycle``). Both read the same guests through their
+``benchmarks.ceilometer_cycle``). All read the same guests through their
 own read-only connection to the same libvirtd; a call counter wraps each
 connection (``tests.libvirt_calls.CountingConnection``) and a filter below
 it hides guests that are not the benchmark's (the daemon is shared).
 """
 
-import concurrent.futures
 import gc
 import json
 import statistics
@@ -41,21 +42,39 @@ def _record(measure, counter_calls, instances, extra=None):
     return rec
 
 
+# Who is measured: this package's reader as shipped (its steady cycles
+# split over concurrent calls), the same reader held to one call per cycle,
+# and ceilometer's compute agent.
+OURS = 'ours'
+ONE_CALL = 'ours_one_call'
+CEILOMETER = 'ceilometer'
+NAMES = (OURS, ONE_CALL, CEILOMETER)
+
+
 class Contenders:
-    """Both pollers over the same guests, each with its call counter."""
+    """The pollers over the same guests, each with its call counter."""
 
     def __init__(self, uri, uuids, clocks, host='bench-compute'):
         self.uuids = list(uuids)
         self.clocks = clocks
         self.host = host
         self.filters = []
-        raw = libvirt.openReadOnly(uri)
-        self._ours_raw = raw
-        only = common.OnlyTheseDomains(raw, self.uuids)
-        self.filters.append(only)
-        self.ours_counter = libvirt_calls.CountingConnection(only)
-        self.reader = libvirt_usage.LibvirtUsageReader(
-            libvirt_calls.StaticConnection(self.ours_counter))
+        # As the CLI does: the event loop before the connection, so that
+        # the reader's domain list learns of domain changes.
+        libvirt_usage.libvirt_domains.ensure_event_loop()
+        self._ours_raw = []
+        self.readers = {}
+        for name, workers in ((OURS, libvirt_usage.DEFAULT_STATS_WORKERS),
+                              (ONE_CALL, 1)):
+            raw = libvirt.openReadOnly(uri)
+            self._ours_raw.append(raw)
+            only = common.OnlyTheseDomains(raw, self.uuids)
+            self.filters.append(only)
+            counter = libvirt_calls.CountingConnection(only)
+            reader = libvirt_usage.LibvirtUsageReader(
+                libvirt_calls.StaticConnection(counter),
+                stats_workers=workers)
+            self.readers[name] = (reader, counter)
         self.ceilo_counters = []
         self.ceilometer = ceilometer_cycle.CeilometerCycle(uri, self._wrap)
 
@@ -70,24 +89,27 @@ class Contenders:
     def foreign(self):
         return max(f.foreign for f in self.filters)
 
-    def ours(self):
-        self.ours_counter.reset_counts()
+    def measure(self, name):
+        if name == CEILOMETER:
+            return self.ceilo()
+        return self.ours(*self.readers[name])
+
+    def ours(self, reader, counter):
+        counter.reset_counts()
         gc.collect()
         with common.Measure(self.clocks) as m:
-            usages = self.reader.read_all()
-        calls = dict(self.ours_counter.calls)
+            usages = reader.read_all()
+        calls = dict(counter.calls)
         # What turning the cycle into payloads costs (not part of the read;
         # shown apart so that the comparison stays read against read).
         with common.Measure() as p:
             for usage in usages:
                 json.dumps(exists.usage_primitive(usage, self.host))
-        fallback = any(name.startswith('domain.') and name != 'domain.XMLDesc'
-                       for name in calls)
         return _record(m, calls, len(usages), {
             'payload_wall_s': p.wall, 'payload_cpu_s': p.cpu,
             'disks': sum(len(u.disks) for u in usages),
             'interfaces': sum(len(u.interfaces) for u in usages),
-            'path': 'per-domain fallback' if fallback else 'bulk'})
+            'path': _path(calls)})
 
     def ceilo(self):
         for counter in self.ceilo_counters:
@@ -104,38 +126,49 @@ class Contenders:
 
     def close(self):
         self.ceilometer.close()
-        try:
-            self._ours_raw.close()
-        except libvirt.libvirtError:
-            pass
+        for reader, _counter in self.readers.values():
+            reader.close()
+        for raw in self._ours_raw:
+            try:
+                raw.close()
+            except libvirt.libvirtError:
+                pass
+
+
+def _path(calls):
+    path = []
+    if calls.get('domainListGetStats'):
+        path.append('split over %d calls' % calls['domainListGetStats'])
+    elif calls.get('getAllDomainStats'):
+        path.append('one bulk call')
+    if any(name.startswith('domain.') and name != 'domain.XMLDesc'
+           for name in calls):
+        path.append('per-domain fallback')
+    return ', '.join(path)
 
 
 def alternate(contenders, cycles, log, label):
-    """A warm-up cycle of each, then ``cycles`` of each, alternating which
+    """A warm-up cycle of each, then ``cycles`` of each, rotating which
     goes first."""
-    result = {'warmup': {'ours': contenders.ours(),
-                         'ceilometer': contenders.ceilo()},
-              'ours': [], 'ceilometer': []}
+    result = {'warmup': {name: contenders.measure(name) for name in NAMES}}
+    result.update({name: [] for name in NAMES})
     for i in range(cycles):
-        order = ('ours', 'ceilometer') if i % 2 == 0 else \
-            ('ceilometer', 'ours')
-        for who in order:
-            rec = contenders.ours() if who == 'ours' else contenders.ceilo()
+        k = i % len(NAMES)
+        for who in NAMES[k:] + NAMES[:k]:
+            rec = contenders.measure(who)
             rec['foreign_domains'] = contenders.foreign
             result[who].append(rec)
-        log('%s: cycle %d/%d: ours %.1f ms / %d calls, ceilometer %.1f ms '
-            '/ %d calls' % (label, i + 1, cycles,
-                            result['ours'][-1]['wall_s'] * 1e3,
-                            result['ours'][-1]['calls'],
-                            result['ceilometer'][-1]['wall_s'] * 1e3,
-                            result['ceilometer'][-1]['calls']))
+        log('%s: cycle %d/%d: %s' % (label, i + 1, cycles, ', '.join(
+            '%s %.1f ms / %d calls' % (who, result[who][-1]['wall_s'] * 1e3,
+                                       result[who][-1]['calls'])
+            for who in NAMES)))
     return result
 
 
 def summarize(result):
     """Medians and spreads of each metric, and ours/theirs ratios."""
     out = {'warmup': result['warmup']}
-    for who in ('ours', 'ceilometer'):
+    for who in NAMES:
         recs = result[who]
         out[who] = {key: common.summary([r[key] for r in recs])
                     for key in ('wall_s', 'cpu_s', 'libvirtd_cpu_stat_s',
@@ -147,7 +180,7 @@ def summarize(result):
             sum(r['libvirtd_cpu_stat_s'] for r in recs) / len(recs)
             if recs else None)
         out[who]['calls_by_api'] = recs[-1]['calls_by_api'] if recs else {}
-        if who == 'ours' and recs:
+        if who != CEILOMETER and recs:
             out[who]['payload_wall_s'] = common.summary(
                 [r['payload_wall_s'] for r in recs])
             out[who]['path'] = sorted({r['path'] for r in recs})
@@ -157,16 +190,20 @@ def summarize(result):
             out[who]['samples'] = recs[-1]['samples']
         out[who]['foreign_domains_max'] = max(
             (r.get('foreign_domains', 0) for r in recs), default=0)
-    out['ratios'] = {}
-    for key in ('wall_s', 'cpu_s', 'libvirtd_cpu_sched_s', 'calls'):
-        a = out['ceilometer'][key]
-        b = out['ours'][key]
-        out['ratios'][key] = common.ratio(a and a['median'],
-                                          b and b['median'])
-    out['ratios']['libvirtd_cpu_stat_mean_s'] = common.ratio(
-        out['ceilometer']['libvirtd_cpu_stat_mean_s'],
-        out['ours']['libvirtd_cpu_stat_mean_s'])
+    out['ratios'] = _ratios(out[CEILOMETER], out[OURS])
+    out['ratios_one_call'] = _ratios(out[CEILOMETER], out[ONE_CALL])
     return out
+
+
+def _ratios(theirs, ours):
+    """theirs / ours of each metric's median."""
+    ratios = {}
+    for key in ('wall_s', 'cpu_s', 'libvirtd_cpu_sched_s', 'calls'):
+        a, b = theirs[key], ours[key]
+        ratios[key] = common.ratio(a and a['median'], b and b['median'])
+    ratios['libvirtd_cpu_stat_mean_s'] = common.ratio(
+        theirs['libvirtd_cpu_stat_mean_s'], ours['libvirtd_cpu_stat_mean_s'])
+    return ratios
 
 
 _G = libvirt
@@ -184,34 +221,21 @@ GROUPS = {
 }
 
 
-SPLIT = ('ours, domains split in two halves, two calls in parallel threads '
-         '(needs a listing first: 3 calls)')
-
 
 def bulk_breakdown(uri, uuids, reps, log):
-    """Where the bulk call's time goes: the same call on the benchmark's
-    guests with fewer stats groups, and split in two halves run in two
-    threads (one connection). Diagnostics, not a poller."""
+    """Where a single bulk call's time goes: the same call on the
+    benchmark's guests with fewer stats groups. Diagnostics, not a
+    poller."""
     conn = libvirt.openReadOnly(uri)
     try:
         doms = [conn.lookupByUUIDString(u) for u in uuids]
         flags = libvirt_usage.NOWAIT
         times = {name: [] for name in GROUPS}
-        times[SPLIT] = []
-        half = len(doms) // 2
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            for _ in range(reps):
-                for name, groups in GROUPS.items():
-                    t0 = time.perf_counter()
-                    conn.domainListGetStats(doms, groups, flags)
-                    times[name].append(time.perf_counter() - t0)
+        for _ in range(reps):
+            for name, groups in GROUPS.items():
                 t0 = time.perf_counter()
-                futures = [pool.submit(conn.domainListGetStats, part,
-                                       libvirt_usage.STAT_GROUPS, flags)
-                           for part in (doms[:half], doms[half:])]
-                for f in futures:
-                    f.result()
-                times[SPLIT].append(time.perf_counter() - t0)
+                conn.domainListGetStats(doms, groups, flags)
+                times[name].append(time.perf_counter() - t0)
         out = {name: statistics.median(v) for name, v in times.items()}
         log('poll: bulk call by stats group (median ms): %s' % ', '.join(
             '%s %.1f' % (k, v * 1e3) for k, v in out.items()))

@@ -5,10 +5,20 @@ id and name are kept by the client library and cost no round trip.
 """
 
 import collections
+import threading
 
 LOCAL_DOMAIN_METHODS = frozenset(('UUIDString', 'UUID', 'ID', 'name',
                                   'connect'))
 LOCAL_CONNECTION_METHODS = frozenset(('getURI', 'isAlive', 'close'))
+
+
+# Readers call from several threads at once; a Counter's += is not atomic.
+_COUNT_LOCK = threading.Lock()
+
+
+def _count(counter, name):
+    with _COUNT_LOCK:
+        counter[name] += 1
 
 
 class CountingDomain:
@@ -20,7 +30,7 @@ class CountingDomain:
         value = getattr(self._dom, attr)
         if callable(value) and attr not in LOCAL_DOMAIN_METHODS:
             def call(*args, **kwargs):
-                self._counter['domain.' + attr] += 1
+                _count(self._counter, 'domain.' + attr)
                 return value(*args, **kwargs)
             return call
         return value
@@ -62,7 +72,7 @@ class CountingConnection:
         value = getattr(self._conn, attr)
         if callable(value) and attr not in LOCAL_CONNECTION_METHODS:
             def call(*args, **kwargs):
-                self.calls[attr] += 1
+                _count(self.calls, attr)
                 args = [self._unwrap(a) for a in args]
                 return self._wrap(value(*args, **kwargs))
             return call
