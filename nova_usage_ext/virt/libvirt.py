@@ -344,6 +344,8 @@ class LibvirtUsageReader(base.UsageReader):
             concurrent.futures.wait(futures)
         for future in futures:
             entries.extend(future.result())
+        LOG.debug('Read %d listed domains in %d concurrent stats calls',
+                  sum(len(part) for part in parts), len(parts))
         return entries
 
     def _executor(self):

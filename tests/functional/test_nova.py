@@ -75,6 +75,7 @@ from nova_usage_ext import compute as usage_compute  # noqa: E402
 from nova_usage_ext import conf as usage_conf  # noqa: E402
 from nova_usage_ext import service as usage_service  # noqa: E402
 from nova_usage_ext.virt import driver as usage_driver  # noqa: E402
+from nova_usage_ext.virt import libvirt as libvirt_usage  # noqa: E402
 from tests.functional import bus  # noqa: E402
 from tests.functional import fixtures as qemu_fixtures  # noqa: E402
 
@@ -238,6 +239,43 @@ class TestNovaLoadsTheDriver(NovaTestCase):
                            ('wr_bytes', 3)):
             self.assert_between(before['disk'][index], volume[key],
                                 after['disk'][index], 'volume ' + key)
+
+
+    def test_split_cycles_on_novas_connection_beside_novas_callbacks(self):
+        # nova's Host registers its lifecycle callback on its connection
+        # with domainEventRegisterAny; the reader's own must not collide,
+        # and nova's must still get every event. The fixture stops nova's
+        # _init_events, which would have started libvirt's event loop:
+        # start that loop as nova would, before nova connects, and record
+        # what nova's callback receives (its dispatcher is not running).
+        nova_libvirt_fixtures.disable_event_thread(self)
+        libvirt_usage.libvirt_domains.ensure_event_loop()
+        nova_events = []
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.host.Host._event_lifecycle_callback',
+            side_effect=lambda conn, dom, event, detail, host:
+                nova_events.append((dom.UUIDString(), event))))
+        guests = self.useFixture(qemu_fixtures.QemuGuests(8))
+        ours = {g.uuid for g in guests.guests}
+        driver = self.load()
+        self.addCleanup(close_nova_connection, driver)
+        reader = driver.usage_reader
+        self.addCleanup(reader.close)
+        debug = self.useFixture(fixtures.FakeLogger(
+            name='nova_usage_ext.virt.libvirt', level=logging.DEBUG))
+        for _cycle in range(3):
+            self.assertTrue(ours <= {u.uuid for u in reader.read_all()})
+        self.assertNotIn('no domain events', self.log.output)
+        self.assertIn('concurrent stats calls', debug.output)
+
+        (late,) = self.useFixture(qemu_fixtures.QemuGuests(1)).guests
+        deadline = time.monotonic() + 10
+        while late.uuid not in {u.uuid for u in reader.read_all()}:
+            self.assertLess(time.monotonic(), deadline,
+                            'a started guest was not read within 10 s')
+            time.sleep(0.1)
+        self.assertIn((late.uuid, libvirt.VIR_DOMAIN_EVENT_STARTED),
+                      nova_events)
 
 
 def close_nova_connection(driver):
