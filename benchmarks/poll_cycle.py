@@ -221,7 +221,6 @@ GROUPS = {
 }
 
 
-
 def bulk_breakdown(uri, uuids, reps, log):
     """Where a single bulk call's time goes: the same call on the
     benchmark's guests with fewer stats groups. Diagnostics, not a

@@ -240,7 +240,6 @@ class TestNovaLoadsTheDriver(NovaTestCase):
             self.assert_between(before['disk'][index], volume[key],
                                 after['disk'][index], 'volume ' + key)
 
-
     def test_split_cycles_on_novas_connection_beside_novas_callbacks(self):
         # nova's Host registers its lifecycle callback on its connection
         # with domainEventRegisterAny; the reader's own must not collide,
