@@ -64,14 +64,18 @@ class SplitTestCase(testtools.TestCase):
                  if not name.startswith('domain.')}
         return sorted(u.uuid for u in usages), calls
 
-    def wait_for_event(self, conn, change):
-        """Run ``change`` and wait until its lifecycle events were
-        dispatched: callbacks run in the order they were registered, so
-        the reader's has run when this one has."""
+    def wait_for_event(self, conn, change, last_event):
+        """Run ``change`` and wait until ``last_event``, the last lifecycle
+        event it causes, was dispatched: callbacks run in the order they
+        were registered, so the reader's has run when this one has."""
         seen = threading.Event()
+
+        def on_event(_conn, _dom, event, _detail, _opaque):
+            if event == last_event:
+                seen.set()
+
         callback_id = conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            lambda *args: seen.set(), None)
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None)
         try:
             change()
             self.assertTrue(seen.wait(EVENT_TIMEOUT),
@@ -126,7 +130,8 @@ class TestSplitCycles(SplitTestCase):
         def define_and_start():
             node.conn.defineXML(libvirt_node.nova_test_domain(8)).create()
 
-        self.wait_for_event(node.conn, define_and_start)
+        self.wait_for_event(node.conn, define_and_start,
+                            libvirt.VIR_DOMAIN_EVENT_STARTED)
         uuids, calls = self.cycle(reader, counting)
         self.assertIn(_uuid(8), uuids)
         self.assertEqual({'getAllDomainStats': 1}, calls)
@@ -144,7 +149,8 @@ class TestSplitCycles(SplitTestCase):
             dom.destroy()
             dom.undefine()
 
-        self.wait_for_event(node.conn, remove)
+        self.wait_for_event(node.conn, remove,
+                            libvirt.VIR_DOMAIN_EVENT_UNDEFINED)
         uuids, calls = self.cycle(reader, counting)
         self.assertNotIn(_uuid(3), uuids)
         self.assertEqual(8, len(uuids))
@@ -264,7 +270,8 @@ class TestDomainList(SplitTestCase):
         listed = node.conn.listAllDomains()
         self.wait_for_event(
             node.conn,
-            lambda: node.conn.defineXML(libvirt_node.nova_test_domain(5)))
+            lambda: node.conn.defineXML(libvirt_node.nova_test_domain(5)),
+            libvirt.VIR_DOMAIN_EVENT_DEFINED)
         domains.store(token, listed)
         self.assertIsNone(domains.current(node.conn))
         # The next listing, with no event meanwhile, is kept.
