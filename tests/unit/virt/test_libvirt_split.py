@@ -64,6 +64,12 @@ class SplitTestCase(testtools.TestCase):
                  if not name.startswith('domain.')}
         return sorted(u.uuid for u in usages), calls
 
+    def cycle_log(self, reader):
+        """What one cycle logged."""
+        before = len(self.log.output)
+        reader.read_all()
+        return self.log.output[before:]
+
     def wait_for_event(self, conn, change, last_event):
         """Run ``change`` and wait until ``last_event``, the last lifecycle
         event it causes, was dispatched: callbacks run in the order they
@@ -238,6 +244,20 @@ class TestSplitCycles(SplitTestCase):
         self.assertIn('libvirt failed to list domains: Domain not found',
                       str(exc))
         self.assertEqual([4], finished)
+
+    def test_reconnect_lists_and_watches_the_new_connection(self):
+        node = self.make_node(8)
+        reader = libvirt_usage.LibvirtUsageReader(node.connection)
+        self.addCleanup(reader.close)
+        all_uuids = sorted(_uuid(i) for i in range(8))
+        reader.read_all()
+        self.assertIn('concurrent stats calls', self.cycle_log(reader))
+        node.conn.close()  # libvirtd restarted: the connection is dead
+        # The reader's connection reopens; its first cycle is a full call on
+        # the new connection, then the split resumes there.
+        self.assertNotIn('concurrent stats calls', self.cycle_log(reader))
+        self.assertIn('concurrent stats calls', self.cycle_log(reader))
+        self.assertEqual(all_uuids, sorted(u.uuid for u in reader.read_all()))
 
     def test_close_stops_watching(self):
         node = self.make_node(8)
