@@ -28,6 +28,19 @@ class ReaderTestCase(testtools.TestCase):
     def make_reader(self, node):
         return libvirt_usage.LibvirtUsageReader(node.connection)
 
+    def spy_on_bulk_calls(self, node):
+        """The (stats, flags) of each getAllDomainStats call, as made."""
+        seen = []
+        real = node.conn.getAllDomainStats
+
+        def spy(stats, flags=0):
+            seen.append((stats, flags))
+            return real(stats, flags)
+
+        self.useFixture(fixtures.MockPatchObject(
+            node.conn, 'getAllDomainStats', side_effect=spy))
+        return seen
+
 
 class TestNovaInstanceFilter(ReaderTestCase):
 
@@ -149,15 +162,7 @@ class TestBulkCall(ReaderTestCase):
 
     def test_one_bulk_call_with_only_the_needed_groups_and_nowait(self):
         node = self.make_node(libvirt_node.nova_test_domain(0))
-        seen = []
-        real = node.conn.getAllDomainStats
-
-        def spy(stats, flags=0):
-            seen.append((stats, flags))
-            return real(stats, flags)
-
-        self.useFixture(fixtures.MockPatchObject(
-            node.conn, 'getAllDomainStats', side_effect=spy))
+        seen = self.spy_on_bulk_calls(node)
         self.make_reader(node).read_all()
         self.assertEqual(1, len(seen))
         stats, flags = seen[0]
@@ -313,26 +318,18 @@ class TestKinds(ReaderTestCase):
 
     def test_groups_asked_for_follow_the_kinds(self):
         node = self.make_node(libvirt_node.nova_test_domain(0))
-        seen = []
-        real = node.conn.getAllDomainStats
-
-        def spy(stats, flags=0):
-            seen.append(stats)
-            return real(stats, flags)
-
-        self.useFixture(fixtures.MockPatchObject(
-            node.conn, 'getAllDomainStats', side_effect=spy))
+        calls = self.spy_on_bulk_calls(node)
         reader = self.make_reader(node)
         (usage,) = reader.read_all((base.CPU,))
         self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
                          libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
-                         libvirt.VIR_DOMAIN_STATS_VCPU, seen[0])
+                         libvirt.VIR_DOMAIN_STATS_VCPU, calls[0][0])
         # The per-domain fallback reads only what was asked too.
         self.assertIsNotNone(usage.cpu_time_ns)
         self.assertEqual([], usage.disks)
         self.assertEqual([], usage.interfaces)
         (usage,) = reader.read_all((base.DISKS,))
         self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
-                         libvirt.VIR_DOMAIN_STATS_BLOCK, seen[1])
+                         libvirt.VIR_DOMAIN_STATS_BLOCK, calls[1][0])
         self.assertEqual(['vda'], [d.device for d in usage.disks])
         self.assertEqual([], usage.interfaces)
