@@ -240,9 +240,8 @@ class TestBulkPath(QemuReaderTestCase):
 
 class TestSplitCycles(QemuReaderTestCase):
 
-    def test_split_cycles_read_every_guest_and_counters_only_grow(self):
-        node = self.make_guests(8)
-        ours = {g.uuid for g in node.guests}
+    def make_split_reader(self):
+        """A reader splitting its cycles in two, on a counted connection."""
         # Events reach a connection opened after the event loop exists.
         libvirt_usage.libvirt_domains.ensure_event_loop()
         readonly = libvirt.openReadOnly(qemu_fixtures.URI)
@@ -251,6 +250,12 @@ class TestSplitCycles(QemuReaderTestCase):
         reader = libvirt_usage.LibvirtUsageReader(
             libvirt_calls.StaticConnection(counting), stats_workers=2)
         self.addCleanup(reader.close)
+        return reader, counting
+
+    def test_split_cycles_read_every_guest_and_counters_only_grow(self):
+        node = self.make_guests(8)
+        ours = {g.uuid for g in node.guests}
+        reader, counting = self.make_split_reader()
         previous = self.read_ours(reader, node.guests)
         split_cycles = 0
         # Other test processes start and stop guests on this daemon: each
@@ -292,12 +297,7 @@ class TestSplitCycles(QemuReaderTestCase):
 
     def test_guest_started_after_the_listing_is_read(self):
         node = self.make_guests(8)
-        libvirt_usage.libvirt_domains.ensure_event_loop()
-        readonly = libvirt.openReadOnly(qemu_fixtures.URI)
-        self.addCleanup(readonly.close)
-        reader = libvirt_usage.LibvirtUsageReader(
-            libvirt_calls.StaticConnection(readonly), stats_workers=2)
-        self.addCleanup(reader.close)
+        reader, _counting = self.make_split_reader()
         self.read_ours(reader, node.guests)
         self.read_ours(reader, node.guests)
         late = self.make_guests(1)
