@@ -129,6 +129,15 @@ class InstanceUsage:
     # Changes whenever the guest gets a new process (libvirt: the domain
     # id), i.e. whenever every counter restarts from 0; None if unknown.
     generation: int | str | None = None
+    # The kinds of counters this reading holds in full. A kind left out
+    # was not asked for or not served this time (a busy disk under
+    # NOWAIT): the reading says nothing about those devices, which is not
+    # the same as the instance having none.
+    kinds: frozenset[str] = frozenset(ALL_KINDS)
+    # True when vcpu_time_ns is the process's cpu_time_ns because the
+    # vCPU entries had holes (as ceilometer falls back): the two do not
+    # count the same thing, so a switch between them is no usage.
+    vcpu_time_fallback: bool = False
 
     @property
     def state_name(self):
@@ -172,25 +181,39 @@ class UsageInstanceInfo:
                 % (self.state, self.internal_id, self.cpu_time_ns))
 
 
+@dataclasses.dataclass(slots=True)
+class HostReading:
+    """One read of the whole host.
+
+    ``complete`` is False when the reader skipped a nova instance it could
+    not read: an instance missing from ``usages`` is then not known to be
+    gone. It belongs to this read alone, so concurrent reads (nova's own
+    volume poll and the usage loop) never see each other's.
+    """
+    usages: list[InstanceUsage]
+    complete: bool = True
+
+
 class UsageReader(metaclass=abc.ABCMeta):
     """Reads usage of the nova instances on one host."""
 
-    #: False when the last ``read_all`` skipped a nova instance it could
-    #: not read (the list is then not the whole host).
-    last_read_complete = True
+    def read_all(self, kinds=ALL_KINDS):
+        """The ``usages`` of :meth:`read_host`."""
+        return self.read_host(kinds).usages
 
     @abc.abstractmethod
-    def read_all(self, kinds=ALL_KINDS):
+    def read_host(self, kinds=ALL_KINDS):
         """Read every nova instance on the host in one cycle.
 
         :param kinds: the kinds of counters needed (``CPU``,
             ``INTERFACES``, ``DISKS``); a backend may return more, and
             leaves out what it can skip cheaply.
 
-        :returns: list of :class:`InstanceUsage`, one per nova instance
-            (instances that are not running have no device counters and
-            ``cpu_time_ns`` None). Guests that nova did not create are
-            never included.
+        :returns: :class:`HostReading` with one :class:`InstanceUsage` per
+            nova instance read (instances that are not running have no
+            device counters and ``cpu_time_ns`` None); each says in
+            ``kinds`` which kinds it holds in full. Guests that nova did
+            not create are never included.
         :raises HypervisorUnavailable: the hypervisor could not be read.
         """
 
@@ -200,7 +223,7 @@ class UsageReader(metaclass=abc.ABCMeta):
 
         :param uuid: the instance uuid.
         :param devices: False reads only state and CPU time.
-        :returns: :class:`InstanceUsage`.
+        :returns: :class:`InstanceUsage` (``kinds`` says what it holds).
         :raises InstanceNotFound: no nova instance with that uuid here.
         :raises HypervisorUnavailable: the hypervisor could not be read.
         """

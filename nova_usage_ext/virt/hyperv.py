@@ -302,7 +302,7 @@ class HyperVUsageReader(base.UsageReader):
 
     # -- the contract ------------------------------------------------------
 
-    def read_all(self, kinds=base.ALL_KINDS):
+    def read_host(self, kinds=base.ALL_KINDS):
         # Hyper-V's metrics come per VM in one query each: every kind is
         # read whatever ``kinds`` asks for.
         vms = self._nova_vms()
@@ -329,8 +329,7 @@ class HyperVUsageReader(base.UsageReader):
                 del self._metering[name]
             for name in [n for n in self._cpu_windows if n not in listed]:
                 del self._cpu_windows[name]
-        self.last_read_complete = complete
-        return usages
+        return base.HostReading(usages, complete)
 
     def read_instance(self, uuid, devices=True):
         uuid = uuid.lower()
@@ -405,6 +404,7 @@ class HyperVUsageReader(base.UsageReader):
                 user_id=None, flavor=None, state=state, read_at=read_at,
                 vcpus=summary['NumberOfProcessors'])
             if state not in ACTIVE_STATES:
+                # No process: nothing counts, whatever the kind.
                 self._forget_power_on(name)
                 return usage
             metering = self._power_on(name, summary['UpTime'])
@@ -413,9 +413,11 @@ class HyperVUsageReader(base.UsageReader):
                 if enable and not metering.vm_enabled:
                     self._enable_vm(metricsutils_, name, uuid, metering)
                 # Nothing was collected yet: no counters this cycle.
+                usage.kinds = frozenset()
                 return usage
             usage.cpu_time_ns = self._cpu_time(name, aggregate)
             if not devices:
+                usage.kinds = frozenset((base.CPU,))
                 return usage
             if enable and not metering.ports_listed:
                 # First sight of this power-on: before reading them.

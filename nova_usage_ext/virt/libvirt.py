@@ -214,7 +214,7 @@ class LibvirtUsageReader(base.UsageReader):
 
     # -- the contract ------------------------------------------------------
 
-    def read_all(self, kinds=base.ALL_KINDS):
+    def read_host(self, kinds=base.ALL_KINDS):
         conn = self._connection.get()
         read_at = base.utcnow()
         try:
@@ -243,8 +243,7 @@ class LibvirtUsageReader(base.UsageReader):
             if usage is not None:
                 usages.append(usage)
         self._prune(seen)
-        self.last_read_complete = complete
-        return usages
+        return base.HostReading(usages, complete)
 
     def read_instance(self, uuid, devices=True):
         conn = self._connection.get()
@@ -391,7 +390,7 @@ class LibvirtUsageReader(base.UsageReader):
     def _from_stats(self, dom, nova, stats, read_at, kinds):
         state = stats.get('state.state', libvirt.VIR_DOMAIN_NOSTATE)
         if state in INACTIVE_STATES:
-            return self._usage(nova, state, read_at, None)
+            return self._usage(nova, state, read_at, None, kinds=kinds)
         if any(KIND_MARKERS[kind] not in stats for kind in kinds):
             # The driver fills only the state group (libvirt's test driver
             # does): read such domains one by one.
@@ -403,7 +402,8 @@ class LibvirtUsageReader(base.UsageReader):
         # A domain whose job another client holds (a migration, nova,
         # another poller) comes back under NOWAIT with its disks named but
         # without counters: they are missing this cycle only.
-        return self._usage_from_stats(nova, state, stats, read_at, dom.ID())
+        return self._usage_from_stats(nova, state, stats, read_at, dom.ID(),
+                                      kinds)
 
     def _nova_domain(self, dom, uuid, device_names):
         """The parsed XML of a domain, from cache or parsed now."""
@@ -434,10 +434,11 @@ class LibvirtUsageReader(base.UsageReader):
                 del self._cache[uuid]
 
     def _usage(self, nova, libvirt_state, read_at, cpu_time_ns,
-               domain_id=None):
+               domain_id=None, kinds=base.ALL_KINDS):
         flavor = nova.flavor
         return base.InstanceUsage(
             generation=domain_id,
+            kinds=frozenset(kinds),
             uuid=nova.uuid,
             name=nova.name,
             display_name=nova.display_name,
@@ -452,12 +453,17 @@ class LibvirtUsageReader(base.UsageReader):
                        else nova.memory_mb),
         )
 
-    def _usage_from_stats(self, nova, state, stats, read_at, domain_id):
+    def _usage_from_stats(self, nova, state, stats, read_at, domain_id,
+                          kinds=base.ALL_KINDS):
+        read = set(kinds)
         usage = self._usage(nova, state, read_at, stats.get('cpu.time'),
                             domain_id)
         usage.vcpu_time_ns = vcpu_time(stats)
         if usage.vcpu_time_ns is None:
             usage.vcpu_time_ns = usage.cpu_time_ns
+            usage.vcpu_time_fallback = True
+        if 'cpu.time' not in stats:
+            read.discard(base.CPU)
         volumes = dict(nova.disks)
         for i in range(stats.get('block.count', 0)):
             key = 'block.%d.' % i
@@ -465,7 +471,10 @@ class LibvirtUsageReader(base.UsageReader):
             if name not in volumes:
                 continue  # cdrom, floppy
             if key + 'rd.reqs' not in stats:
-                continue  # busy under NOWAIT: no counters this cycle
+                # Busy under NOWAIT: no counters this cycle, which says
+                # nothing about the disks' usage.
+                read.discard(base.DISKS)
+                continue
             usage.disks.append(base.DiskUsage(
                 device=name,
                 read_bytes=stats.get(key + 'rd.bytes'),
@@ -489,17 +498,20 @@ class LibvirtUsageReader(base.UsageReader):
                 tx_packets=stats.get(key + 'tx.pkts'),
                 tx_errors=stats.get(key + 'tx.errs'),
                 tx_drops=stats.get(key + 'tx.drop')))
+        usage.kinds = frozenset(read)
         return usage
 
     def _read_domain(self, dom, nova, read_at, kinds):
         """Per-domain calls: info, then blockStats/interfaceStats."""
         state, _max_kib, _mem_kib, _nr_vcpus, cpu_time = dom.info()
         if state in INACTIVE_STATES:
-            return self._usage(nova, state, read_at, None)
+            return self._usage(nova, state, read_at, None, kinds=kinds)
+        read = set(kinds) | {base.CPU}
         usage = self._usage(nova, state, read_at, cpu_time, dom.ID())
         # Per-domain calls give no per-vCPU wait time: the process's CPU
         # time stands in, as in ceilometer's inspector.
         usage.vcpu_time_ns = cpu_time
+        usage.vcpu_time_fallback = True
         for dev, volume_id in (nova.disks if base.DISKS in kinds else ()):
             try:
                 rd_req, rd_bytes, wr_req, wr_bytes, errs = dom.blockStats(dev)
@@ -509,6 +521,7 @@ class LibvirtUsageReader(base.UsageReader):
                     raise
                 LOG.debug('No stats for disk %s of %s: %s', dev, nova.name,
                           exc.get_error_message())
+                read.discard(base.DISKS)
                 continue
             usage.disks.append(base.DiskUsage(
                 device=dev, read_bytes=rd_bytes, read_requests=rd_req,
@@ -528,6 +541,7 @@ class LibvirtUsageReader(base.UsageReader):
                     raise
                 LOG.debug('No stats for interface %s of %s: %s', tap,
                           nova.name, exc.get_error_message())
+                read.discard(base.INTERFACES)
                 continue
             usage.interfaces.append(base.InterfaceUsage(
                 name=tap, mac=mac,
@@ -539,6 +553,7 @@ class LibvirtUsageReader(base.UsageReader):
                 tx_packets=_positive_or_none(tx_packets),
                 tx_errors=_positive_or_none(tx_errs),
                 tx_drops=_positive_or_none(tx_drop)))
+        usage.kinds = frozenset(read)
         return usage
 
 

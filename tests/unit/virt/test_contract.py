@@ -132,11 +132,11 @@ class ContractTestCase(testtools.TestCase):
 class TestReader(ContractTestCase):
 
     def test_read_all_reports_only_nova_instances(self):
-        usages = self.reader.read_all()
-        for usage in usages:
+        reading = self.reader.read_host()
+        for usage in reading.usages:
             self.assertIsInstance(usage, base.InstanceUsage)
-        self.assertEqual(NAMES, {u.uuid: u.name for u in usages})
-        self.assertTrue(self.reader.last_read_complete)
+        self.assertEqual(NAMES, {u.uuid: u.name for u in reading.usages})
+        self.assertTrue(reading.complete)
 
     def test_owner_and_flavor_when_the_hypervisor_keeps_them(self):
         for usage in self.reader.read_all():

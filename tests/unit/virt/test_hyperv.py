@@ -243,11 +243,13 @@ class TestEnablingMetrics(HyperVTestCase):
             self.host, 'control_metrics', return_value=(32775,)))
         reader = self.reader()
         for _ in range(2):
-            (usage,) = reader.read_all()
+            reading = reader.read_host()
+            (usage,) = reading.usages
             self.assertIsNone(usage.cpu_time_ns)
+            self.assertEqual(frozenset(), usage.kinds)
+            self.assertTrue(reading.complete)
         self.assertEqual(1, self.log.output.count(
             'Cannot enable metrics collection for VM instance-00000000'))
-        self.assertTrue(reader.last_read_complete)
 
     def test_can_be_turned_off(self):
         self.add_full_vm(metering=False)
@@ -291,8 +293,9 @@ class TestStatesAndFailures(HyperVTestCase):
 
         self.useFixture(fixtures.MockPatchObject(
             vmutils, 'list_instance_notes', side_effect=list_then_delete))
-        self.assertEqual([UUID0], [u.uuid for u in reader.read_all()])
-        self.assertTrue(reader.last_read_complete)
+        reading = reader.read_host()
+        self.assertEqual([UUID0], [u.uuid for u in reading.usages])
+        self.assertTrue(reading.complete)
         self.assertIn('VM instance-00000001 vanished', self.log.output)
 
     def test_vm_vanishing_mid_read(self):
@@ -306,8 +309,9 @@ class TestStatesAndFailures(HyperVTestCase):
 
         self.useFixture(fixtures.MockPatchObject(
             metricsutils, 'get_disk_metrics', side_effect=gone))
-        self.assertEqual([], reader.read_all())
-        self.assertTrue(reader.last_read_complete)
+        reading = reader.read_host()
+        self.assertEqual([], reading.usages)
+        self.assertTrue(reading.complete)
 
     def test_wmi_error_skips_the_vm_this_cycle(self):
         self.add_full_vm()
@@ -323,8 +327,9 @@ class TestStatesAndFailures(HyperVTestCase):
 
         self.useFixture(fixtures.MockPatchObject(
             metricsutils, 'get_disk_metrics', side_effect=failing))
-        self.assertEqual([UUID0], [u.uuid for u in reader.read_all()])
-        self.assertFalse(reader.last_read_complete)
+        reading = reader.read_host()
+        self.assertEqual([UUID0], [u.uuid for u in reading.usages])
+        self.assertFalse(reading.complete)
         self.assertIn('Skipping VM instance-00000001', self.log.output)
 
     def test_listing_failure_is_hypervisor_unavailable(self):

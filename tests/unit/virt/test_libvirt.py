@@ -328,7 +328,10 @@ class TestKinds(ReaderTestCase):
         self.assertIsNotNone(usage.cpu_time_ns)
         self.assertEqual([], usage.disks)
         self.assertEqual([], usage.interfaces)
+        # ...and says so: no disks here is "not read", not "none".
+        self.assertEqual({base.CPU}, usage.kinds)
         (usage,) = reader.read_all((base.DISKS,))
+        self.assertEqual({base.CPU, base.DISKS}, usage.kinds)
         self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
                          libvirt.VIR_DOMAIN_STATS_BLOCK, calls[1][0])
         self.assertEqual(['vda'], [d.device for d in usage.disks])
