@@ -225,9 +225,8 @@ class HookBench:
         # What service.poll() does, but without saving the cache: the
         # periodic poll runs every few minutes, not right before a delete,
         # and a save here would put two fsyncs back to back.
-        usages = self.reader.read_all()
-        self.service.cache.update(usages,
-                                  complete=self.reader.last_read_complete)
+        reading = self.reader.read_host()
+        self.service.cache.update(reading.usages, complete=reading.complete)
         return uuid
 
     # -- broker up -----------------------------------------------------------

@@ -171,22 +171,23 @@ class UsageService:
         try:
             # Only the stats groups due: libvirt asks each guest's QEMU for
             # every group, and block stats cost as much as the rest.
-            usages = self.reader.read_all(tuple(sorted(kinds)))
+            reading = self.reader.read_host(tuple(sorted(kinds)))
         except base.UsageReaderError as exc:
             LOG.warning('nova-usage-ext: cannot read usage this cycle: %s',
                         exc)
             return None
+        usages = reading.usages
         with self._latest_lock:
             self._latest = {u.uuid: merge(self._latest.get(u.uuid), u, kinds)
                             for u in usages}
-        if self.reader.last_read_complete:
+        if reading.complete:
             with self._reported_lock:
                 self._reported = {uuid: last for uuid, last
                                   in self._reported.items()
                                   if uuid in self._latest}
         # An instance the reader had to skip must not be pruned.
         self.cache.update([only_kinds(u, kinds) for u in usages],
-                          complete=self.reader.last_read_complete)
+                          complete=reading.complete)
         self._save()
         return usages
 

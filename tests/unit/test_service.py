@@ -87,14 +87,14 @@ class TestIntervals(ServiceTestCase):
     def test_only_the_due_kinds_stats_groups_are_asked_for(self):
         svc = self.make_service({'cpu': 60, 'disks': 600})
         asked = []
-        real = self.reader.read_all
+        real = self.reader.read_host
 
         def spy(kinds):
             asked.append(kinds)
             return real(kinds)
 
         self.useFixture(fixtures.MockPatchObject(
-            self.reader, 'read_all', side_effect=spy))
+            self.reader, 'read_host', side_effect=spy))
         svc.poll_due()
         self.clock.now += 60
         svc.poll_due()
@@ -132,7 +132,7 @@ class TestFailures(ServiceTestCase):
     def test_unexpected_error_does_not_stop_polling(self):
         svc = self.make_service({'cpu': 60})
         self.useFixture(fixtures.MockPatchObject(
-            self.reader, 'read_all', side_effect=RuntimeError('boom')))
+            self.reader, 'read_host', side_effect=RuntimeError('boom')))
         self.assertEqual(60, svc.poll_due())
         self.assertIn('usage poll failed', self.log.output)
         self.assertIn('boom', self.log.output)
@@ -141,15 +141,15 @@ class TestFailures(ServiceTestCase):
         svc = self.make_service({'cpu': 60})
         svc.poll_due()
         # A read that could not read UUID1 must not drop its totals.
-        real = self.reader.read_all
+        real = self.reader.read_host
 
         def partial(*args):
-            usages = [u for u in real(*args) if u.uuid != UUID1]
-            self.reader.last_read_complete = False
-            return usages
+            reading = real(*args)
+            return base.HostReading(
+                [u for u in reading.usages if u.uuid != UUID1], False)
 
         self.useFixture(fixtures.MockPatchObject(
-            self.reader, 'read_all', side_effect=partial))
+            self.reader, 'read_host', side_effect=partial))
         self.clock.now += 60
         svc.poll_due()
         self.assertIsNotNone(svc.cache.totals(UUID1))
@@ -216,7 +216,7 @@ class TestLoop(ServiceTestCase):
         running = []
         overlaps = []
         calls = []
-        real = self.reader.read_all
+        real = self.reader.read_host
 
         def slow_read(*args):
             running.append(1)
@@ -228,7 +228,7 @@ class TestLoop(ServiceTestCase):
             return real(*args)
 
         self.useFixture(fixtures.MockPatchObject(
-            self.reader, 'read_all', side_effect=slow_read))
+            self.reader, 'read_host', side_effect=slow_read))
         svc.start()
         time.sleep(0.4)
         svc.stop()
