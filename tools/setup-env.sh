@@ -54,7 +54,10 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/pip install -q -U pip setuptools wheel
 fi
 pip=(.venv/bin/pip install -q --disable-pip-version-check)
-"${pip[@]}" -r requirements.txt libvirt-python
+# The package with the dependencies it declares (what `pip install
+# nova-usage-ext[libvirt]` gives a user), so that a missing runtime
+# requirement breaks `run` here too, not only on users' machines.
+"${pip[@]}" '.[libvirt]'
 if [ "$what" = test ]; then
     "${pip[@]}" -r test-requirements.txt -r integration-requirements.txt
 fi
