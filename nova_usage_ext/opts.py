@@ -4,5 +4,4 @@ from nova_usage_ext import conf
 
 
 def list_opts():
-    return [('DEFAULT', conf.default_opts),
-            (conf.GROUP, conf.usage_opts)]
+    return [(conf.GROUP, conf.usage_opts)]

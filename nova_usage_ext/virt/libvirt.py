@@ -575,8 +575,8 @@ class NovaHostConnection:
 
 
 def configured_stats_workers(conf):
-    usage_conf.register_opts(conf)
-    return conf[usage_conf.GROUP].libvirt_stats_workers
+    # Validated and clamped: a bad value is logged, never raised into nova.
+    return usage_conf.libvirt_stats_workers(conf)
 
 
 class LibvirtUsageMixin(driver.UsageDriverMixin):

@@ -20,12 +20,21 @@ class TestOpts(testtools.TestCase):
     def test_list_opts_names_every_option(self):
         listed = {(group, opt.name) for group, group_opts in opts.list_opts()
                   for opt in group_opts}
-        self.assertEqual({('DEFAULT', 'bandwidth_poll_interval'),
-                          ('usage_ext', 'cpu_poll_interval'),
+        self.assertEqual({('usage_ext', 'cpu_poll_interval'),
+                          ('usage_ext', 'interface_poll_interval'),
+                          ('usage_ext', 'disk_poll_interval'),
                           ('usage_ext', 'notification_drivers'),
                           ('usage_ext', 'final_exists_budget'),
                           ('usage_ext', 'libvirt_stats_workers'),
                           ('usage_ext', 'state_dir')}, listed)
+
+    def test_no_option_raises_when_read(self):
+        # oslo.config checks min/max at read time, inside nova's code
+        # paths: the accessors in nova_usage_ext.conf validate instead.
+        for opt in usage_conf.usage_opts:
+            self.assertIsNone(getattr(opt.type, 'min', None), opt.name)
+            self.assertIsNone(getattr(opt.type, 'max', None), opt.name)
+            self.assertIsNone(getattr(opt.type, 'choices', None), opt.name)
 
     def test_sample_matches_the_generator(self):
         out = os.path.join(self.useFixture(fixtures.TempDir()).path, 's')
@@ -36,17 +45,6 @@ class TestOpts(testtools.TestCase):
             self.assertEqual(generated.read(), shipped.read(),
                              'regenerate with tox -e genconfig')
 
-    def test_budget_below_minimum_is_a_clear_error(self):
-        conf = cfg.ConfigOpts()
-        usage_conf.register_opts(conf)
-        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'c')
-        with open(path, 'w') as f:
-            f.write('[usage_ext]\nfinal_exists_budget = 0\n')
-        conf(['--config-file', path])
-        exc = self.assertRaises(cfg.ConfigFileValueError, getattr,
-                                conf.usage_ext, 'final_exists_budget')
-        self.assertIn('final_exists_budget', str(exc))
-
     def test_registering_twice_is_harmless(self):
         conf = cfg.ConfigOpts()
         usage_conf.register_opts(conf)
@@ -55,8 +53,11 @@ class TestOpts(testtools.TestCase):
         self.assertEqual(['messagingv2'],
                          conf.usage_ext.notification_drivers)
 
-    def test_stats_workers_reach_the_reader_and_zero_is_refused(self):
+    def test_stats_workers_reach_the_reader_and_zero_is_one(self):
         from nova_usage_ext.virt import libvirt as libvirt_usage
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_usage_ext.conf._reported', set()))
+        log = self.useFixture(fixtures.FakeLogger())
         conf = cfg.ConfigOpts()
         conf([])
         self.assertEqual(2, libvirt_usage.configured_stats_workers(conf))
@@ -68,6 +69,6 @@ class TestOpts(testtools.TestCase):
         with open(path, 'w') as f:
             f.write('[usage_ext]\nlibvirt_stats_workers = 0\n')
         conf.reload_config_files()
-        exc = self.assertRaises(cfg.ConfigFileValueError,
-                                libvirt_usage.configured_stats_workers, conf)
-        self.assertIn('libvirt_stats_workers', str(exc))
+        self.assertEqual(1, libvirt_usage.configured_stats_workers(conf))
+        self.assertIn('[usage_ext] libvirt_stats_workers = 0 is below the '
+                      'minimum; using 1', log.output)
