@@ -143,10 +143,18 @@ class UsageService:
         LOG.info('nova-usage-ext: caching usage every %s',
                  ', '.join('%s: %ss' % item
                            for item in sorted(self.intervals.items())))
-        self._loop = loopingcall.DynamicLoopingCall(self.poll_due)
-        self._loop.start(periodic_interval_max=max(self.intervals.values()))
+        # A daemon thread: oslo.service's looping call runs on a worker
+        # that is not one, so a nova-compute that fails after init_host
+        # and never reaches cleanup_host would not exit.
+        from nova_usage_ext import periodic
+        self._loop = periodic.PeriodicRunner(
+            self.poll_due, max(self.intervals.values()),
+            name='usage-ext-poll')
+        self._loop.start()
 
     def stop(self):
+        """End the loop without waiting for a poll under way (it ends
+        after that poll, whose reading is then only cached)."""
         if self._loop is not None:
             self._loop.stop()
             self._loop = None
