@@ -11,10 +11,13 @@ package through libvirt's test driver, so it runs with no hypervisor.
 import argparse
 import json
 import logging
+import math
 import os
 import socket
 import sys
+import threading
 import time
+import urllib.parse
 
 from nova_usage_ext import cmd
 from nova_usage_ext import exists
@@ -39,7 +42,12 @@ def demo_node_path():
     return os.path.normpath(candidates[0])
 
 
-def _check_test_uri(uri):
+def _check_uri(uri):
+    """A clear error for a URI libvirt would misread or fail on unclearly."""
+    try:
+        urllib.parse.urlsplit(uri).port
+    except ValueError as exc:
+        raise CommandError('bad libvirt URI %s: %s' % (uri, exc))
     # libvirt's own message for a bad node file names no path; say which.
     for prefix in ('test:///', 'test+unix:///'):
         if uri.startswith(prefix):
@@ -48,6 +56,34 @@ def _check_test_uri(uri):
                 if not os.path.isfile(path) or not os.access(path, os.R_OK):
                     raise CommandError('cannot read libvirt test node file '
                                        '%s' % path)
+
+
+class NoAnswer(CommandError):
+    """The hypervisor took the connection but did not answer in time."""
+
+
+def within(seconds, call, what):
+    """call() in a thread of its own; NoAnswer if it has not returned
+    within seconds. libvirt's calls cannot be interrupted: a call that
+    never returns is left behind in a daemon thread, and the command
+    exits."""
+    result = {}
+
+    def run():
+        try:
+            result['value'] = call()
+        except BaseException as exc:
+            result['error'] = exc
+
+    thread = threading.Thread(target=run, name='nova-usage-ext-call',
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise NoAnswer('%s did not answer within %gs' % (what, seconds))
+    if 'error' in result:
+        raise result['error']
+    return result['value']
 
 
 def _cell(value, scale=1):
@@ -101,35 +137,63 @@ def poll(args, out):
     from nova_usage_ext.virt import libvirt as libvirt_usage
 
     uri = args.connection_uri or 'test://' + demo_node_path()
-    _check_test_uri(uri)
+    _check_uri(uri)
     connection = libvirt_usage.LibvirtConnection(uri)
     reader = libvirt_usage.LibvirtUsageReader(connection)
+    what = 'libvirt at %s' % uri
     cycle = 0
     try:
         while True:
             cycle += 1
             try:
-                print_cycle(reader.read_all(), args, out)
+                usages = within(args.timeout, reader.read_all, what)
             except base.HypervisorUnavailable as exc:
                 if not args.interval or cycle == 1:
                     raise CommandError(str(exc))
                 logging.getLogger('nova_usage_ext').error(
                     '%s; trying again in %ss', exc, args.interval)
+            else:
+                print_cycle(usages, args, out)
             if not args.interval or (args.count and cycle >= args.count):
                 return 0
             time.sleep(args.interval)
     finally:
-        reader.close()
+        try:
+            # A call left hanging holds the connection: do not wait on it.
+            within(1, reader.close, what)
+        except NoAnswer:
+            pass
 
 
-def _non_negative(text):
+def seconds(low, high):
+    """An argparse type: a finite number of seconds within [low, high]."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError('%r is not a number' % text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError('%s is not a finite number'
+                                             % text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                'must be from %g to %g seconds, not %s' % (low, high, text))
+        return value
+    return parse
+
+
+def count(text):
+    """An argparse type: 0 or a positive whole number."""
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError('%r is not a number' % text)
+        raise argparse.ArgumentTypeError('%r is not a whole number' % text)
     if value < 0:
         raise argparse.ArgumentTypeError('must be 0 or more, not %s' % text)
     return value
+
+
+DEFAULT_TIMEOUT = 30.0
 
 
 def build_parser():
@@ -151,11 +215,17 @@ def build_parser():
                    help='json: the versioned usage payload (default); '
                         'table: readable columns; notification: the '
                         'compute.instance.exists message nova-compute sends')
-    p.add_argument('--interval', type=_non_negative, default=0,
+    p.add_argument('--interval', type=seconds(0, 86400), default=0,
                    metavar='SECONDS',
-                   help='read again every SECONDS (default: read once)')
-    p.add_argument('--count', type=int, default=0, metavar='N',
+                   help='read again every SECONDS, at most a day (default: '
+                        'read once)')
+    p.add_argument('--count', type=count, default=0, metavar='N',
                    help='with --interval, stop after N reads')
+    p.add_argument('--timeout', type=seconds(0.1, 3600),
+                   default=DEFAULT_TIMEOUT, metavar='SECONDS',
+                   help='give up (exit 1) when libvirt does not answer a '
+                        'connection or a read within SECONDS (default: %g)'
+                        % DEFAULT_TIMEOUT)
     p.add_argument('--host', default=socket.gethostname(),
                    help='host name to put in payloads (default: this host)')
     p.add_argument('--audit-period', choices=exists.AUDIT_PERIODS,
@@ -163,8 +233,14 @@ def build_parser():
                    help="nova's instance_usage_audit_period, for the audit "
                         'period of --format notification (default: hour)')
     p.set_defaults(func=poll)
-    listen.add_parser(sub, _non_negative)
+    listen.add_parser(sub, seconds, count)
     return parser
+
+
+def one_line(text):
+    """libvirt's and others' multi-line messages, on one line."""
+    return '; '.join(line.strip() for line in str(text).splitlines()
+                     if line.strip())
 
 
 def main(argv=None, out=None):
@@ -177,12 +253,19 @@ def main(argv=None, out=None):
     try:
         return args.func(args, out)
     except CommandError as exc:
-        sys.stderr.write('nova-usage-ext: error: %s\n' % exc)
+        sys.stderr.write('nova-usage-ext: error: %s\n' % one_line(exc))
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        # Still one line; the traceback only with --verbose.
+        if args.verbose:
+            logging.getLogger('nova_usage_ext').exception('failed')
+        sys.stderr.write('nova-usage-ext: error: %s: %s\n' % (
+            type(exc).__name__, one_line(exc)))
+        return 1
 
 
 if __name__ == '__main__':

@@ -1,0 +1,74 @@
+"""Reading a usage payload back from the wire (listeners, consumers, tests).
+
+:func:`usage_from_wire` is the one way in. It returns an
+``InstanceUsagePayload`` whose identifying fields are all set, or raises
+:class:`PayloadError`, never any other exception, whatever the input.
+oslo.versionedobjects alone would accept a payload without
+``instance_uuid`` and raise ``NotImplementedError`` later, when the field
+is read.
+"""
+
+from nova_usage_ext.objects import base
+from nova_usage_ext.objects import usage as usage_objects
+
+# The fields every version of each payload has always carried; counters
+# are optional by design (absent when the hypervisor has none).
+REQUIRED = {
+    'InstanceUsagePayload': ('instance_uuid', 'power_state', 'read_at'),
+    'DiskUsagePayload': ('device',),
+    'InterfaceUsagePayload': ('name',),
+    'AttachedVolumeUsagePayload': ('volume_id', 'device'),
+}
+
+
+class PayloadError(ValueError):
+    """The data is not a well-formed nova_usage_ext InstanceUsagePayload."""
+
+
+def _one_line(exc):
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _check_required(obj, where):
+    for name in REQUIRED.get(obj.obj_name(), ()):
+        if not obj.obj_attr_is_set(name):
+            raise PayloadError('%s has no %s' % (where, name))
+    for name in obj.fields:
+        if not obj.obj_attr_is_set(name):
+            continue
+        value = getattr(obj, name)
+        if isinstance(value, base.UsageObject):
+            _check_required(value, '%s.%s' % (where, name))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, base.UsageObject):
+                    _check_required(item, '%s.%s[%d]' % (where, name, index))
+
+
+def usage_from_wire(primitive):
+    """The ``InstanceUsagePayload`` a wire dict holds.
+
+    :param primitive: the ``nova_object.*`` dict, as decoded from JSON.
+    :raises PayloadError: for anything that is not one, with a one-line
+        reason.
+    """
+    cls = usage_objects.InstanceUsagePayload
+    if not isinstance(primitive, dict):
+        raise PayloadError('usage is a %s, not an object'
+                           % type(primitive).__name__)
+    namespace = primitive.get('nova_object.namespace')
+    if namespace != base.NAMESPACE:
+        raise PayloadError('usage is not a %s object (namespace %r)'
+                           % (base.NAMESPACE, namespace))
+    name = primitive.get('nova_object.name')
+    if name != cls.obj_name():
+        raise PayloadError('usage is a %r, not a %s' % (name,
+                                                        cls.obj_name()))
+    try:
+        obj = cls.obj_from_primitive(primitive)
+    except Exception as exc:  # ovo raises many kinds, RecursionError too
+        raise PayloadError('usage does not deserialize: %s'
+                           % _one_line(exc))
+    _check_required(obj, 'usage')
+    return obj
