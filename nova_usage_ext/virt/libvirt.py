@@ -458,11 +458,13 @@ class LibvirtUsageReader(base.UsageReader):
         read = set(kinds)
         usage = self._usage(nova, state, read_at, stats.get('cpu.time'),
                             domain_id)
-        usage.vcpu_time_ns = vcpu_time(stats)
-        if usage.vcpu_time_ns is None:
-            usage.vcpu_time_ns = usage.cpu_time_ns
-            usage.vcpu_time_fallback = True
-        if 'cpu.time' not in stats:
+        if 'cpu.time' in stats:
+            usage.vcpu_time_ns = vcpu_time(stats)
+            if usage.vcpu_time_ns is None:
+                usage.vcpu_time_ns = usage.cpu_time_ns
+                usage.vcpu_time_fallback = True
+        else:
+            # The CPU groups were not asked for: no CPU time to stand in.
             read.discard(base.CPU)
         volumes = dict(nova.disks)
         for i in range(stats.get('block.count', 0)):
