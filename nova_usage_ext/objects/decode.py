@@ -8,6 +8,8 @@ oslo.versionedobjects alone would accept a payload without
 is read.
 """
 
+from oslo_utils import uuidutils
+
 from nova_usage_ext.objects import base
 from nova_usage_ext.objects import usage as usage_objects
 
@@ -65,6 +67,12 @@ def usage_from_wire(primitive):
     if name != cls.obj_name():
         raise PayloadError('usage is a %r, not a %s' % (name,
                                                         cls.obj_name()))
+    data = primitive.get('nova_object.data')
+    if isinstance(data, dict) and 'instance_uuid' in data and \
+            not uuidutils.is_uuid_like(data['instance_uuid']):
+        # oslo.versionedobjects would only warn.
+        raise PayloadError('usage has an invalid instance_uuid %.60r'
+                           % (data['instance_uuid'],))
     try:
         obj = cls.obj_from_primitive(primitive)
     except Exception as exc:  # ovo raises many kinds, RecursionError too

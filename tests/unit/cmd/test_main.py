@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import fixtures
 import testtools
@@ -138,9 +140,50 @@ class TestErrors(PollTestCase):
         self.assertIn('cannot connect to libvirt at test://' + path,
                       self.stderr.getvalue())
 
+    def test_libvirt_that_never_answers(self):
+        # A socket that takes the connection and never says a word.
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 's')
+        silent = socket.socket(socket.AF_UNIX)
+        self.addCleanup(silent.close)  # also ends the call left waiting
+        silent.bind(path)
+        silent.listen(5)
+        uri = 'qemu+unix:///system?socket=' + path
+        started = time.monotonic()
+        rc, out = self.poll('--connection-uri', uri, '--timeout', '0.5')
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(1, rc)
+        self.assertEqual('', out)
+        self.assertEqual('nova-usage-ext: error: libvirt at %s did not '
+                         'answer within 0.5s\n' % uri,
+                         self.stderr.getvalue())
+
+    def test_port_out_of_range(self):
+        rc, _out = self.poll('--connection-uri',
+                             'qemu+tcp://127.0.0.1:99999/system')
+        self.assertEqual(1, rc)
+        self.assertEqual('nova-usage-ext: error: bad libvirt URI '
+                         'qemu+tcp://127.0.0.1:99999/system: Port out of '
+                         'range 0-65535\n', self.stderr.getvalue())
+
+    def test_multi_line_libvirt_error_is_one_line(self):
+        # libvirt's XML parser error spans three lines.
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'x')
+        with open(path, 'w') as f:
+            f.write('not xml')
+        rc, _out = self.poll('--connection-uri', 'test://' + path)
+        self.assertEqual(1, rc)
+        (line,) = self.stderr.getvalue().splitlines()
+        self.assertIn('Start tag expected', line)
+        self.assertIn('; not xml; ^', line)
+
     def test_bad_options(self):
         for argv in (['--format', 'yaml'], ['--interval', '-1'],
-                     ['--interval', 'soon'], ['--bogus']):
+                     ['--interval', 'soon'], ['--bogus'],
+                     ['--interval', 'nan'], ['--interval', 'inf'],
+                     ['--interval', '-inf'], ['--interval', '1e9'],
+                     ['--timeout', '0'], ['--timeout', 'nan'],
+                     ['--timeout', '1e308'], ['--count', '-1'],
+                     ['--count', '2.5']):
             self.stderr.seek(0)
             self.stderr.truncate()
             exc = self.assertRaises(SystemExit, self.poll, *argv)
