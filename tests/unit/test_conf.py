@@ -184,6 +184,10 @@ class TestPollIntervals(ConfTestCase):
                       '"DEFAULT" is deprecated. Use option '
                       '"interface_poll_interval" from group "usage_ext"',
                       self.log.output)
+        self.reload('[DEFAULT]\nbandwidth_poll_interval = 300\n'
+                    '[usage_ext]\ninterface_poll_interval = 120\n')
+        self.assertEqual(120, usage_conf.poll_intervals(conf)[
+            base.INTERFACES])
 
     def test_nova_volume_interval_stands_in_while_disks_are_unset(self):
         conf = self.load('[DEFAULT]\nvolume_usage_poll_interval = 300\n',
