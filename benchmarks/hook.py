@@ -38,7 +38,8 @@ import oslo_messaging
 from benchmarks import common
 from benchmarks import testdriver
 from nova_usage_ext import conf as usage_conf
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
+from nova_usage_ext import state
 from nova_usage_ext import notifier as usage_notifier
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import libvirt as libvirt_usage
@@ -189,8 +190,7 @@ class HookBench:
                                           dir='/var/tmp')
         self.stack.callback(shutil.rmtree, self.state_dir, True)
         self.service = usage_service.UsageService(
-            self.reader, counters.CounterCache(
-                os.path.join(self.state_dir, 'counters.json')),
+            self.reader, ledger.Ledger(state.Store(self.state_dir)),
             'bench-compute', {})
         usage_service.register(self.service)
         self.stack.callback(usage_service.unregister, self.service)
@@ -226,7 +226,7 @@ class HookBench:
         # periodic poll runs every few minutes, not right before a delete,
         # and a save here would put two fsyncs back to back.
         reading = self.reader.read_host()
-        self.service.cache.update(reading.usages, complete=reading.complete)
+        self.service.ledger.update(reading.usages, complete=reading.complete)
         return uuid
 
     # -- broker up -----------------------------------------------------------
@@ -381,8 +381,7 @@ def cache_save_cost(sizes, log):
     tmp = tempfile.mkdtemp(prefix=common.PREFIX, dir='/var/tmp')
     try:
         for size in sizes:
-            cache = counters.CounterCache(os.path.join(tmp, '%d.json'
-                                                       % size))
+            cache = ledger.Ledger(state.Store(tmp))
             now = base.utcnow()
             usages = [base.InstanceUsage(
                 uuid=str(uuidlib.uuid4()), name='instance-%08x' % i,

@@ -27,7 +27,8 @@ import oslo_messaging
 
 from benchmarks import common
 from benchmarks import hook
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
+from nova_usage_ext import state
 from nova_usage_ext import exists
 from nova_usage_ext.objects import usage as usage_objects
 from nova_usage_ext.virt import base
@@ -53,7 +54,7 @@ def sample_usage(i=0):
 
 
 def sample_period(usage):
-    cache = counters.CounterCache(None)
+    cache = ledger.Ledger(state.Store(None))
     earlier = base.InstanceUsage(**{
         f: getattr(usage, f) for f in usage.__dataclass_fields__})
     earlier.read_at = usage.read_at - datetime.timedelta(minutes=10)

@@ -12,23 +12,24 @@ It wraps the real drivers and passes every notification on to them. Inside
 nova-compute (where the usage driver registered its service) it also:
 
 - adds the instance's usage under ``usage`` to every legacy
-  ``compute.instance.exists``;
-- sends a versioned ``instance.usage`` right after every versioned
-  ``instance.exists``;
+  ``compute.instance.exists``, and sends a versioned ``instance.usage``
+  right after every versioned ``instance.exists``; the first of them
+  closes the instance's period;
 - before ``compute.instance.delete.start`` or ``instance.delete.start``,
-  reads the instance one last time and sends a final
-  ``compute.instance.exists``, once per instance, within
-  ``[usage_ext] final_exists_budget`` seconds;
-- before power_off, shelve and suspend start, reads the instance into the
-  counter cache (its process and counters end there), within the same
-  budget.
+  reads the instance one last time and queues a final
+  ``compute.instance.exists`` in the outbox, then waits for its delivery
+  for at most ``[usage_ext] final_exists_budget`` seconds;
+- before an event that ends the guest's process or moves it off the host
+  (power off, shelve, suspend, reboot, rebuild, rescue, resize,
+  migration), reads the instance, within the same budget.
 
+Messages that close a period are queued durably before they are sent and
+stay queued until a driver took them (see :mod:`nova_usage_ext.delivery`).
 Whatever happens in the hook is logged and swallowed: the notification
-nova sent always goes on.
+nova sent always goes on, unchanged but for the usage added.
 """
 
-import datetime
-import threading
+import time
 import uuid as uuidlib
 
 from oslo_log import log as logging
@@ -36,60 +37,62 @@ from oslo_messaging.notify import notifier
 from stevedore import named
 
 from nova_usage_ext import conf as usage_conf
+from nova_usage_ext import delivery
 from nova_usage_ext import exists
 from nova_usage_ext import service as usage_service
-from nova_usage_ext.virt import base
 
 LOG = logging.getLogger(__name__)
 
-DRIVER_NAMESPACE = 'oslo.messaging.notify.drivers'
-SELF = 'nova_usage_ext'
 LEGACY_EXISTS = 'compute.instance.exists'
 VERSIONED_EXISTS = 'instance.exists'
 VERSIONED_USAGE = 'instance.usage'
 DELETE_START = ('compute.instance.delete.start', 'instance.delete.start')
-# The guest's process is about to end: its last counters go into the cache,
-# so that the period's usage includes everything up to then.
-PROCESS_ENDS = ('compute.instance.power_off.start', 'instance.power_off.start',
-                'compute.instance.shelve.start', 'instance.shelve.start',
-                'compute.instance.suspend.start', 'instance.suspend.start')
-
-# Reads and sends under way at once. While the broker is unreachable the
-# sends hang; past this many, new ones are given up at once instead of
-# piling threads up.
-MAX_IN_FLIGHT = 16
-
-
-def _utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
+# The guest's process is about to end, or the instance to leave the host:
+# its counters are read now, so that the period holds everything up to
+# then. (nova sends the shelve exists before shelve.start: the exists
+# reads too.)
+_PROCESS_ENDS = ('power_off.start', 'shelve.start', 'suspend.start',
+                 'reboot.start', 'rebuild.start', 'rescue.start',
+                 'unrescue.start', 'resize.start', 'resize_prep.start',
+                 'live_migration_pre.start', 'live_migration._post.start',
+                 'live_migration_post.start', 'shelve_offload.start',
+                 'evacuate')
+PROCESS_ENDS = tuple(prefix + event for event in _PROCESS_ENDS
+                     for prefix in ('compute.instance.', 'instance.'))
 
 
 def _instance_uuid(payload):
+    if not isinstance(payload, dict):
+        return None
     if 'nova_object.data' in payload:
-        return payload['nova_object.data'].get('uuid')
+        data = payload['nova_object.data']
+        return data.get('uuid') if isinstance(data, dict) else None
     return payload.get('instance_id')
+
+
+def _versioned_ending(payload):
+    data = payload.get('nova_object.data', {})
+    return exists.parse_nova_time(data.get('audit_period', {}).get(
+        'nova_object.data', {}).get('audit_period_ending'))
 
 
 class UsageNotifierDriver(notifier.Driver):
 
     def __init__(self, conf, topics, transport):
         super().__init__(conf, topics, transport)
-        usage_conf.register_opts(conf)
-        self.budget = conf.usage_ext.final_exists_budget
-        self._in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
-        names = [n for n in conf.usage_ext.notification_drivers if n != SELF]
-        if len(names) != len(conf.usage_ext.notification_drivers):
-            LOG.error('[usage_ext] notification_drivers must name the real '
-                      'drivers, not %s itself; ignoring it', SELF)
-        if not names:
-            LOG.error('[usage_ext] notification_drivers names no driver: '
-                      'notifications will not be sent anywhere')
+        # Never raises: bad values are logged once and replaced.
+        self.budget = usage_conf.final_exists_budget(conf)
+        names = list(usage_conf.notification_drivers(conf))
         self._drivers = named.NamedExtensionManager(
-            DRIVER_NAMESPACE, names=names, invoke_on_load=True,
+            delivery.DRIVER_NAMESPACE, names=names, invoke_on_load=True,
             invoke_args=[conf],
             invoke_kwds={'topics': topics, 'transport': transport},
             name_order=True,
             on_missing_entrypoints_callback=self._missing)
+        # The package's own messages go through the same drivers over a
+        # transport of their own, never nova's connections.
+        usage_service.register_sender(
+            delivery.DriverSender(conf, topics, names))
 
     @staticmethod
     def _missing(names):
@@ -102,164 +105,104 @@ class UsageNotifierDriver(notifier.Driver):
 
     def notify(self, ctxt, msg, priority, retry):
         service = usage_service.current()
-        if service is None:
+        if service is None or not isinstance(msg, dict):
             self._forward(ctxt, msg, priority, retry)
             return
         event_type = msg.get('event_type')
+        seq = None
         try:
-            if event_type in DELETE_START:
-                self._final_exists(service, ctxt, msg, priority, retry)
+            uuid = _instance_uuid(msg.get('payload'))
+            if not uuid:
+                pass
+            elif event_type in DELETE_START:
+                self._final_exists(service, uuid, ctxt, msg, priority)
             elif event_type in PROCESS_ENDS:
-                uuid = _instance_uuid(msg['payload'])
-                if uuid:
-                    self._bounded(lambda: service.read_now(uuid),
-                                  'read instance %s before %s'
-                                  % (uuid, event_type))
+                service.read_bounded(uuid, self.budget)
             elif event_type == LEGACY_EXISTS:
-                msg = self._with_usage(service, msg)
+                msg, seq = self._with_usage(service, uuid, ctxt, msg,
+                                            priority)
         except Exception:
             LOG.exception('nova-usage-ext: hook failed on %s; passing it on '
                           'unchanged', event_type)
-        self._forward(ctxt, msg, priority, retry)
+        if seq is None:
+            self._forward(ctxt, msg, priority, retry)
+        else:
+            # nova's exists, now carrying a period: sent on nova's own
+            # path as nova would; the outbox keeps it if that fails.
+            service.delivery.send_here(
+                seq, lambda: self._forward(ctxt, msg, priority, retry,
+                                           raise_errors=True))
         if event_type == VERSIONED_EXISTS:
             try:
-                self._companion_usage(service, ctxt, msg, priority, retry)
+                self._companion_usage(service, ctxt, msg, priority)
             except Exception:
                 LOG.exception('nova-usage-ext: no usage notification after '
                               '%s', event_type)
 
-    def _forward(self, ctxt, msg, priority, retry):
+    def _forward(self, ctxt, msg, priority, retry, raise_errors=False):
+        failed = None
         for ext in self._drivers.extensions:
             try:
                 ext.obj.notify(ctxt, msg, priority, retry)
             except Exception as exc:
+                failed = exc
                 LOG.exception("Problem '%(e)s' attempting to send to "
                               "notification driver %(driver)s",
                               {'e': exc, 'driver': ext.name})
+        if failed is not None and raise_errors:
+            raise failed
 
     # -- exists -----------------------------------------------------------
 
-    def _usage_wire(self, service, usage, source, final=False, period=None):
-        return exists.usage_primitive(usage, service.host, final=final,
-                                      source=source, period=period)
-
-    def _with_usage(self, service, msg):
+    def _with_usage(self, service, uuid, ctxt, msg, priority):
         payload = msg['payload']
-        uuid = _instance_uuid(payload)
-        usage = service.latest(uuid)
-        source = exists.SOURCE_CACHE
-        if usage is None:
-            usage = self._bounded(lambda: service.read_now(uuid),
-                                  'read instance %s' % uuid)
-            source = exists.SOURCE_HYPERVISOR
-        if usage is None:
-            LOG.info('nova-usage-ext: no usage known for instance %s; its '
-                     'exists goes out without it', uuid)
-            return msg
+        if service.latest(uuid) is None:
+            service.read_bounded(uuid, self.budget)
         ending = exists.parse_nova_time(payload.get('audit_period_ending'))
-        period = service.period_for_exists(uuid, ending)
-        payload = dict(payload, usage=self._usage_wire(
-            service, usage, source, period=period))
-        return dict(msg, payload=payload)
+        built = {}
 
-    def _companion_usage(self, service, ctxt, msg, priority, retry):
-        data = msg['payload'].get('nova_object.data', {})
-        uuid = data.get('uuid')
-        usage = service.latest(uuid)
-        if usage is None:
+        def build(usage_wire):
+            built['msg'] = dict(msg, payload=dict(payload, usage=usage_wire))
+            return ctxt, built['msg'], priority
+
+        usage_wire, seq = service.close_audit_period(uuid, ending, build)
+        if usage_wire is None:
+            # Not an instance of this host (nova audits instances deleted
+            # in the period; prep_resize sends one on the destination).
+            LOG.debug('nova-usage-ext: no usage known for instance %s; its '
+                      'exists goes out without it', uuid)
+            return msg, None
+        if seq is None:
+            return dict(msg, payload=dict(payload, usage=usage_wire)), None
+        return built['msg'], seq
+
+    def _companion_usage(self, service, ctxt, msg, priority):
+        uuid = _instance_uuid(msg.get('payload'))
+        if not uuid:
             return
-        ending = exists.parse_nova_time(data.get('audit_period', {}).get(
-            'nova_object.data', {}).get('audit_period_ending'))
-        period = service.period_for_exists(uuid, ending)
-        companion = dict(msg, message_id=str(uuidlib.uuid4()),
-                         event_type=VERSIONED_USAGE,
-                         payload=self._usage_wire(service, usage,
-                                                  exists.SOURCE_CACHE,
-                                                  period=period))
-        self._forward(ctxt, companion, priority, retry)
+        ending = _versioned_ending(msg['payload'])
+
+        def build(usage_wire):
+            return ctxt, dict(msg, message_id=str(uuidlib.uuid4()),
+                              event_type=VERSIONED_USAGE,
+                              payload=usage_wire), priority
+
+        usage_wire, seq = service.close_audit_period(uuid, ending, build)
+        if usage_wire is not None and seq is None:
+            # The legacy exists closed this period: report the same usage.
+            companion = build(usage_wire)[1]
+            self._forward(ctxt, companion, priority, None)
 
     # -- the final exists -------------------------------------------------
 
-    def _final_exists(self, service, ctxt, msg, priority, retry):
-        payload = msg['payload']
-        uuid = _instance_uuid(payload)
-        if not uuid or not service.claim_final(uuid):
+    def _final_exists(self, service, uuid, ctxt, msg, priority):
+        started = time.monotonic()
+        seq = service.close_final(uuid, msg.get('payload'), ctxt, priority,
+                                  self.budget)
+        if seq is None:
             return
-        started = _utcnow()
-
-        def read_and_send():
-            source = exists.SOURCE_HYPERVISOR
-            try:
-                usage = service.read_now(uuid)
-            except Exception as exc:
-                if not isinstance(exc, base.UsageReaderError):
-                    LOG.exception('nova-usage-ext: reading instance %s '
-                                  'failed', uuid)
-                usage = service.latest(uuid)
-                source = exists.SOURCE_CACHE
-                LOG.warning('nova-usage-ext: cannot read deleted instance %s '
-                            '(%s); its final exists %s', uuid, exc,
-                            'uses cached counters' if usage else
-                            'has no usage')
-            final = self._final_message(service, msg, uuid, usage, source)
-            self._forward(ctxt, final, priority, retry)
-            service.forget(uuid, save=False)
-            return True
-
-        if self._bounded(read_and_send, 'send the final exists of %s' % uuid,
-                         late_ok=True) is None:
-            return
-        LOG.debug('nova-usage-ext: final exists of %s sent in %.3fs', uuid,
-                  (_utcnow() - started).total_seconds())
-
-    def _final_message(self, service, msg, uuid, usage, source):
-        payload = msg['payload']
-        if 'nova_object.data' in payload:
-            legacy = exists.legacy_fields_from_versioned(
-                payload['nova_object.data'])
-        else:
-            legacy = dict(payload)
-        host = legacy.get('host') or service.host
-        ending = _utcnow()
-        beginning = service.audit_period_start(ending)
-        usage_wire = None
-        if usage is not None:
-            usage_wire = self._usage_wire(service, usage, source, final=True,
-                                          period=service.period_usage(uuid))
-        body = exists.exists_payload(legacy, usage_wire, beginning, ending)
-        return exists.notification(body, host, ending)
-
-    # -- bounded work ------------------------------------------------------
-
-    def _bounded(self, work, what, late_ok=False):
-        """Run ``work`` for at most the budget; None when it did not finish.
-
-        Work still running past the budget goes on in its thread (a send
-        cannot be taken back) but nobody waits for it.
-        """
-        if not self._in_flight.acquire(blocking=False):
-            LOG.error('nova-usage-ext: gave up to %s: %d earlier ones are '
-                      'still waiting (message bus or hypervisor stuck?)', what,
-                      MAX_IN_FLIGHT)
-            return None
-        result = {}
-
-        def run():
-            try:
-                result['value'] = work()
-            except Exception:
-                LOG.exception('nova-usage-ext: failed to %s', what)
-            finally:
-                self._in_flight.release()
-
-        thread = threading.Thread(target=run, name='nova-usage-ext',
-                                  daemon=True)
-        thread.start()
-        thread.join(self.budget)
-        if thread.is_alive():
-            LOG.error('nova-usage-ext: could not %s within %.1fs%s', what,
-                      self.budget,
-                      '; it may still arrive, after delete.start'
-                      if late_ok else '')
-            return None
-        return result.get('value')
+        left = self.budget - (time.monotonic() - started)
+        if not service.delivery.wait_delivered(seq, left):
+            LOG.warning('nova-usage-ext: the final exists of %s was not '
+                        'delivered within %.1fs; it waits in the outbox and '
+                        'arrives after delete.start', uuid, self.budget)

@@ -5,24 +5,28 @@ registers it here; the notification hook finds it with :func:`current`. In
 processes without a hypervisor (nova-api, conductor) nothing registers one,
 and the hook passes every notification through untouched.
 
-Periodic caching: one loop on oslo.service's threading-aware looping call.
-Each kind of counter (cpu, interfaces, disks) has its own interval; when any
-is due, one bulk read serves all that are due. The loop never overlaps
-itself: a slow read delays the next one.
+The service holds the reader, the ledger (and its store) and the delivery
+of the outbox, and answers the hook's questions: the message that closes
+an instance's period is built and queued here, below the hook.
+
+Periodic reads: one loop on a daemon thread. Each kind of counter (cpu,
+interfaces, disks) has its own interval; when any is due, one bulk read
+serves all that are due. The loop never overlaps itself: a slow read
+delays the next one.
 """
 
-import collections
 import dataclasses
-import os
 import threading
 import time
 
 from oslo_log import log as logging
-from oslo_service import loopingcall
 
 from nova_usage_ext import conf as usage_conf
-from nova_usage_ext import counters
+from nova_usage_ext import delivery as usage_delivery
 from nova_usage_ext import exists
+from nova_usage_ext import ledger as usage_ledger
+from nova_usage_ext import periodic
+from nova_usage_ext import state
 from nova_usage_ext.virt import base
 
 LOG = logging.getLogger(__name__)
@@ -32,12 +36,13 @@ INTERFACES = base.INTERFACES
 DISKS = base.DISKS
 KINDS = base.ALL_KINDS
 
-# How many deleted instances to remember, so that each gets exactly one
-# final exists even when nova sends both delete.start formats.
-FINALS_REMEMBERED = 10000
+# Why an instance's last period on this host ended.
+LEFT_DELETED = 'deleted'
+LEFT_HOST = 'left_host'
 
 _current = None
 _current_lock = threading.Lock()
+_sender = None
 
 
 def register(service):
@@ -59,10 +64,26 @@ def current():
     return _current
 
 
+def register_sender(sender):
+    """The notifier driver's sender for the outbox (see delivery)."""
+    global _sender
+    _sender = sender
+
+
+def _send_through_drivers(entry):
+    sender = _sender
+    if sender is None:
+        raise RuntimeError('no notification driver is set up to send '
+                           'through ([oslo_messaging_notifications] driver '
+                           '= nova_usage_ext)')
+    sender(entry)
+
+
 def only_kinds(usage, kinds):
     """A copy of a reading keeping only the counters of ``kinds``."""
     return dataclasses.replace(
         usage,
+        kinds=frozenset(usage.kinds) & frozenset(kinds),
         cpu_time_ns=usage.cpu_time_ns if CPU in kinds else None,
         vcpu_time_ns=usage.vcpu_time_ns if CPU in kinds else None,
         disks=list(usage.disks) if DISKS in kinds else [],
@@ -75,9 +96,12 @@ def merge(previous, new, kinds):
     if previous is None or set(kinds) >= set(KINDS):
         return new
     merged = only_kinds(new, kinds)
+    merged.kinds = frozenset(new.kinds) & frozenset(kinds) | (
+        frozenset(previous.kinds) - frozenset(kinds))
     if CPU not in kinds:
         merged.cpu_time_ns = previous.cpu_time_ns
         merged.vcpu_time_ns = previous.vcpu_time_ns
+        merged.vcpu_time_fallback = previous.vcpu_time_fallback
     if DISKS not in kinds:
         merged.disks = list(previous.disks)
     if INTERFACES not in kinds:
@@ -85,19 +109,73 @@ def merge(previous, new, kinds):
     return merged
 
 
-class UsageService:
-    """Reader, counter cache and periodic loop of one nova-compute.
+class _Reads:
+    """Reads of one instance for the hook, bounded in time.
 
-    :param reader: a :class:`base.UsageReader`.
-    :param cache: a :class:`counters.CounterCache`.
-    :param host: nova's host name, for payloads.
-    :param intervals: kind -> seconds; 0 or less disables that kind.
+    Two daemon threads take them in turn: a hypervisor that hangs holds
+    those two, never nova's threads, and never keeps nova-compute from
+    exiting.
     """
 
-    def __init__(self, reader, cache, host, intervals, clock=time.monotonic,
-                 audit_period_start=None):
+    WORKERS = 2
+
+    def __init__(self, read):
+        self._read = read
+        self._cond = threading.Condition()
+        self._queue = []
+        self._threads = []
+
+    def read(self, uuid, timeout):
+        """The reading, or None when it did not come within ``timeout``.
+
+        :raises base.UsageReaderError: it could not be read.
+        """
+        job = {'uuid': uuid, 'done': threading.Event()}
+        with self._cond:
+            if len(self._threads) < self.WORKERS:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name='nova-usage-ext-read')
+                self._threads.append(thread)
+                thread.start()
+            self._queue.append(job)
+            self._cond.notify()
+        if not job['done'].wait(timeout):
+            with self._cond:
+                if job in self._queue:
+                    self._queue.remove(job)
+            return None
+        if 'error' in job:
+            raise job['error']
+        return job['usage']
+
+    def _work(self):
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                job = self._queue.pop(0)
+            try:
+                job['usage'] = self._read(job['uuid'])
+            except Exception as exc:
+                job['error'] = exc
+            job['done'].set()
+
+
+class UsageService:
+    """Reader, ledger, delivery and periodic loop of one nova-compute.
+
+    :param reader: a :class:`base.UsageReader`.
+    :param ledger: a :class:`usage_ledger.Ledger`.
+    :param host: nova's host name, for payloads.
+    :param intervals: kind -> seconds; 0 or less disables that kind.
+    :param send: ``outbox entry -> None`` for the delivery thread; raises
+        when not sent. Default: the notifier driver's own sender.
+    """
+
+    def __init__(self, reader, ledger, host, intervals, clock=time.monotonic,
+                 audit_period_start=None, send=None):
         self.reader = reader
-        self.cache = cache
+        self.ledger = ledger
         self.host = host
         self.intervals = {kind: seconds for kind, seconds in intervals.items()
                           if seconds and seconds > 0}
@@ -109,33 +187,32 @@ class UsageService:
         self._next_due = {kind: 0.0 for kind in self.intervals}
         self._latest = {}
         self._latest_lock = threading.Lock()
-        self._reported = {}
-        self._reported_lock = threading.Lock()
-        self._finals = collections.OrderedDict()
-        self._finals_lock = threading.Lock()
+        # (uuid, ending) -> usage wire of the audit period already closed:
+        # nova sends the legacy and the versioned exists of one period.
+        self._closed_audits = {}
+        self._close_lock = threading.Lock()
+        self._reads = _Reads(self.read_now)
+        self.delivery = usage_delivery.Delivery(
+            ledger.store, send or _send_through_drivers)
         self._loop = None
 
     @classmethod
     def from_conf(cls, conf, reader, host, audit_period_start=None):
-        usage_conf.register_opts(conf)
-        volume_interval = getattr(conf, 'volume_usage_poll_interval', 0)
-        intervals = {CPU: conf.usage_ext.cpu_poll_interval,
-                     INTERFACES: conf.bandwidth_poll_interval,
-                     DISKS: volume_interval}
-        state_dir = conf.usage_ext.state_dir or os.path.join(
-            getattr(conf, 'state_path', None) or '/var/lib/nova', 'usage_ext')
-        cache = counters.CounterCache(os.path.join(state_dir, 'counters.json'))
+        settings = usage_conf.settings(conf)
+        book = usage_ledger.Ledger(state.Store(settings.state_dir))
         if audit_period_start is None:
             unit = exists.audit_unit(conf)
 
             def audit_period_start(now):
                 return exists.audit_period_start(now, unit)
-        return cls(reader, cache, host, intervals,
+        return cls(reader, book, host, settings.poll_intervals,
                    audit_period_start=audit_period_start)
 
     # -- the periodic loop ------------------------------------------------
 
     def start(self):
+        # Messages left from before (a restart, an outage) go out first.
+        self.delivery.start()
         if not self.intervals:
             LOG.info('nova-usage-ext: every usage poll interval is 0 or '
                      'less; counters are read only for exists and deletes')
@@ -146,7 +223,6 @@ class UsageService:
         # A daemon thread: oslo.service's looping call runs on a worker
         # that is not one, so a nova-compute that fails after init_host
         # and never reaches cleanup_host would not exit.
-        from nova_usage_ext import periodic
         self._loop = periodic.PeriodicRunner(
             self.poll_due, max(self.intervals.values()),
             name='usage-ext-poll')
@@ -158,6 +234,8 @@ class UsageService:
         if self._loop is not None:
             self._loop.stop()
             self._loop = None
+        self.delivery.stop()
+        self._save()
 
     def poll_due(self):
         """Run the due kinds; return seconds until the next one is due."""
@@ -175,7 +253,7 @@ class UsageService:
         return max(0.0, min(self._next_due.values()) - self._clock())
 
     def poll(self, kinds=KINDS):
-        """One bulk read of the host, cached for ``kinds``."""
+        """One bulk read of the host, counted for ``kinds``."""
         try:
             # Only the stats groups due: libvirt asks each guest's QEMU for
             # every group, and block stats cost as much as the rest.
@@ -186,67 +264,61 @@ class UsageService:
             return None
         usages = reading.usages
         with self._latest_lock:
-            self._latest = {u.uuid: merge(self._latest.get(u.uuid), u, kinds)
+            previous = self._latest
+            self._latest = {u.uuid: merge(previous.get(u.uuid), u, kinds)
                             for u in usages}
-        if reading.complete:
-            with self._reported_lock:
-                self._reported = {uuid: last for uuid, last
-                                  in self._reported.items()
-                                  if uuid in self._latest}
-        # An instance the reader had to skip must not be pruned.
-        self.cache.update([only_kinds(u, kinds) for u in usages],
-                          complete=reading.complete)
+        left = self.ledger.update(base.HostReading(
+            [only_kinds(u, kinds) for u in usages], reading.complete))
+        for uuid in left:
+            self._close_left(uuid, previous.get(uuid))
         self._save()
         return usages
 
     def _save(self):
         try:
-            self.cache.save()
+            self.ledger.save()
         except Exception as exc:
-            LOG.warning('nova-usage-ext: cannot save the counter cache: %s',
+            LOG.warning('nova-usage-ext: cannot save the usage state: %s',
                         exc)
 
     # -- what the notification hook asks ----------------------------------
 
     def latest(self, uuid):
-        """The last cached reading of an instance, or None."""
+        """The last reading of an instance, or None."""
         with self._latest_lock:
             return self._latest.get(uuid)
 
     def read_now(self, uuid):
-        """Read one instance from the hypervisor and cache it.
+        """Read one instance from the hypervisor and count it.
 
         :raises base.UsageReaderError: it could not be read.
         """
         usage = self.reader.read_instance(uuid)
         with self._latest_lock:
-            self._latest[uuid] = usage
-        self.cache.update_one(usage)
+            self._latest[uuid] = merge(self._latest.get(uuid), usage,
+                                       usage.kinds)
+        self.ledger.update_one(usage)
+        return usage
+
+    def read_bounded(self, uuid, timeout):
+        """``read_now`` within ``timeout`` seconds; None when it could not
+        read (logged), the last reading then stands."""
+        try:
+            usage = self._reads.read(uuid, timeout)
+        except base.InstanceNotFound as exc:
+            LOG.debug('nova-usage-ext: %s', exc)
+            return None
+        except base.UsageReaderError as exc:
+            LOG.warning('nova-usage-ext: cannot read instance %s: %s', uuid,
+                        exc)
+            return None
+        if usage is None:
+            LOG.warning('nova-usage-ext: reading instance %s took more than '
+                        '%.1fs; its last reading stands', uuid, timeout)
         return usage
 
     def period_usage(self, uuid):
-        return self.cache.period_usage(uuid)
-
-    def period_for_exists(self, uuid, ending):
-        """The period usage an exists ending at ``ending`` reports.
-
-        The next period starts at ``ending``, once: nova sends the legacy
-        and the versioned exists of the same period when
-        ``notification_format = both``, and both report the same usage.
-        nova writes the legacy ending with microseconds and the versioned
-        one in whole seconds: they are compared to the second.
-        """
-        if ending is not None:
-            ending = ending.replace(microsecond=0)
-        with self._reported_lock:
-            last = self._reported.get(uuid)
-            if last is not None and ending is not None and last[0] == ending:
-                return last[1]
-            period = self.cache.period_usage(uuid)
-            if period is not None and ending is not None:
-                self.cache.start_period(uuid, ending, reported=period)
-                self._reported[uuid] = (ending, period)
-            return period
+        return self.ledger.period_usage(uuid)
 
     def audit_period_start(self, now):
         """Start of nova's audit period containing ``now``: the beginning
@@ -254,27 +326,127 @@ class UsageService:
         in it covers is ``period.period_beginning``.)"""
         return self._audit_period_start(now)
 
-    def claim_final(self, uuid):
-        """True the first time it is asked for ``uuid``, False after."""
-        with self._finals_lock:
-            if uuid in self._finals:
-                return False
-            self._finals[uuid] = True
-            while len(self._finals) > FINALS_REMEMBERED:
-                self._finals.popitem(last=False)
-            return True
+    # -- closing periods ---------------------------------------------------
 
-    def forget(self, uuid, save=True):
-        """The instance is gone: drop its cached state.
+    def close_audit_period(self, uuid, ending, build):
+        """Close the period that nova's audit exists ending at ``ending``
+        reports, once per (instance, ending).
 
-        :param save: write the cache file now. The delete hook leaves it to
-            the next poll: a save fsyncs the whole file, and nova's
-            delete.start would wait for it.
+        :param build: ``usage wire -> (ctxt, message, priority)``, the
+            message that carries the usage; it is queued in the outbox in
+            the transaction that ends the period.
+        :returns: ``(usage wire, seq)``: seq is the queued message's, None
+            when another message closed this period already (nova's
+            other format) and the same usage is reported again; ``(None,
+            None)`` when the instance is not known here.
         """
-        with self._latest_lock:
-            self._latest.pop(uuid, None)
-        with self._reported_lock:
-            self._reported.pop(uuid, None)
-        self.cache.forget(uuid)
-        if save:
-            self._save()
+        if ending is not None:
+            # nova writes the legacy ending with microseconds and the
+            # versioned one in whole seconds.
+            ending = ending.replace(microsecond=0)
+        key = (uuid, ending)
+        with self._close_lock:
+            if key in self._closed_audits:
+                return self._closed_audits[key], None
+            usage = self.latest(uuid)
+            if usage is None:
+                return None, None
+            wire = {}
+
+            def build_with_usage(period):
+                wire['usage'] = exists.usage_primitive(
+                    usage, self.host, source=exists.SOURCE_CACHE,
+                    period=period)
+                return build(wire['usage'])
+
+            queued = self.ledger.close_period(
+                uuid, ending or base.utcnow(), build_with_usage)
+            if queued is None:
+                return None, None
+            self._closed_audits = {
+                k: v for k, v in self._closed_audits.items()
+                if k[0] != uuid}
+            self._closed_audits[key] = wire['usage']
+        self.delivery.wake()
+        return wire['usage'], queued.seq
+
+    def close_final(self, uuid, nova_payload, ctxt, priority, budget,
+                    reason=LEFT_DELETED):
+        """Read the instance one last time and queue its final exists.
+
+        :param nova_payload: the payload of nova's notification (legacy
+            or versioned) whose instance fields the exists carries; None
+            when the instance left without one.
+        :returns: the queued message's seq, or None when nothing was
+            queued (unknown here, or final already queued).
+        """
+        started = time.monotonic()
+        if self.ledger.is_closed(uuid):
+            return None
+        usage = self.read_bounded(uuid, budget)
+        source = exists.SOURCE_HYPERVISOR
+        if usage is None:
+            usage = self.latest(uuid)
+            source = exists.SOURCE_CACHE
+        if uuid not in self.ledger:
+            return None
+        ending = base.utcnow()
+
+        def build(period):
+            legacy = self._legacy_fields(nova_payload, usage)
+            wire = None
+            if usage is not None:
+                wire = exists.usage_primitive(usage, self.host, final=True,
+                                              source=source, period=period)
+            body = exists.exists_payload(
+                legacy, wire, self.audit_period_start(ending), ending)
+            # Why this instance's usage on this host ends here.
+            body['final_reason'] = reason
+            host = legacy.get('host') or self.host
+            return ctxt, exists.notification(body, host, ending), priority
+
+        queued = self.ledger.close_period(uuid, ending, build, final=True)
+        if queued is None:
+            return None
+        self.delivery.wake()
+        LOG.debug('nova-usage-ext: final exists of %s queued in %.3fs', uuid,
+                  time.monotonic() - started)
+        return queued.seq
+
+    def _legacy_fields(self, nova_payload, usage):
+        if nova_payload is None:
+            return exists.legacy_fields(usage, self.host) if usage else {}
+        if 'nova_object.data' in nova_payload:
+            return exists.legacy_fields_from_versioned(
+                nova_payload['nova_object.data'])
+        return dict(nova_payload)
+
+    def _close_left(self, uuid, usage):
+        # A complete read no longer lists it and it has unreported usage:
+        # it left the host (migrated, evacuated, deleted while nova-compute
+        # was down) without a final exists.
+        try:
+            ending = base.utcnow()
+
+            def build(period):
+                wire = None
+                if usage is not None:
+                    wire = exists.usage_primitive(
+                        usage, self.host, final=True,
+                        source=exists.SOURCE_CACHE, period=period)
+                    legacy = exists.legacy_fields(usage, self.host)
+                else:
+                    legacy = {'instance_id': uuid, 'host': self.host}
+                body = exists.exists_payload(
+                    legacy, wire, self.audit_period_start(ending), ending)
+                body['final_reason'] = LEFT_HOST
+                return {}, exists.notification(body, self.host,
+                                               ending), 'INFO'
+
+            self.ledger.close_period(uuid, ending, build, final=True)
+            LOG.info('nova-usage-ext: instance %s left this host: its last '
+                     'usage here is queued in a final exists', uuid)
+            self.delivery.wake()
+        except Exception:
+            LOG.exception('nova-usage-ext: cannot queue the last usage of '
+                          'instance %s, which left this host', uuid)

@@ -27,7 +27,8 @@ import yaml
 from testtools import content
 
 from nova_usage_ext import conf as usage_conf
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
+from nova_usage_ext import state
 from nova_usage_ext import exists
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import base
@@ -420,7 +421,7 @@ class TestNotificationAgent(CeilometerTestCase):
             libvirt_node.nova_test_domain(0, n_disks=2, n_nics=2)]))
         service = usage_service.UsageService(
             libvirt_usage.LibvirtUsageReader(node.connection),
-            counters.CounterCache(os.path.join(tmp, 'counters.json')),
+            ledger.Ledger(state.Store(tmp)),
             HOST, {})
         usage_service.register(service)
         self.addCleanup(usage_service.unregister, service)

@@ -16,7 +16,8 @@ import testtools
 from oslo_messaging.notify import _impl_test
 
 from nova_usage_ext import conf as usage_conf
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
+from nova_usage_ext import state
 from nova_usage_ext.objects import usage as usage_objects
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import libvirt as libvirt_usage
@@ -78,9 +79,7 @@ class HookTestCase(testtools.TestCase):
         # counts from their process's start (the cache's first read is no
         # baseline).
         self.service = usage_service.UsageService(
-            self.reader, counters.CounterCache(
-                os.path.join(state, 'counters.json'),
-                baseline_first_read=False), 'compute-1', {})
+            self.reader, ledger.Ledger(state.Store(state)), 'compute-1', {})
         usage_service.register(self.service)
         self.addCleanup(usage_service.unregister, self.service)
         self.listener = self.useFixture(bus.Listener(self.conf))
@@ -147,7 +146,7 @@ class TestExists(HookTestCase):
     def test_instances_found_by_a_new_cache_count_from_then(self):
         # The first poll of an empty cache (the package was just deployed):
         # the instances were running, metered by something else.
-        self.service.cache = counters.CounterCache(None)
+        self.service.ledger = ledger.Ledger(state.Store(None))
         self.service.poll()
         first = self.service.latest(UUID0)
         self.service.poll()
@@ -321,8 +320,8 @@ class TestFinalExists(HookTestCase):
                              legacy_payload(UUID0))
         self.listener.wait_for(2)
         self.assertIsNone(self.service.latest(UUID0))
-        self.assertIsNone(self.service.cache.totals(UUID0))
-        self.assertIsNotNone(self.service.cache.totals(UUID1))
+        self.assertIsNone(self.service.ledger.totals(UUID0))
+        self.assertIsNotNone(self.service.ledger.totals(UUID1))
 
 
 class Blackhole(fixtures.Fixture):
@@ -519,7 +518,7 @@ class TestProcessEnds(HookTestCase):
 
     def test_power_off_reads_the_last_counters_first(self):
         self.service.poll()
-        polled = self.service.cache.totals(UUID0).cpu_time_ns
+        polled = self.service.ledger.totals(UUID0).cpu_time_ns
         dom = self.dom(UUID0)
         notifier = self.notifier()
         notifier.info({}, 'compute.instance.power_off.start',
@@ -530,15 +529,15 @@ class TestProcessEnds(HookTestCase):
         self.assertEqual(legacy_payload(UUID0), message['payload'])
         # What the guest used since the last poll is in the cache before
         # its process ends.
-        read = self.service.cache.totals(UUID0).cpu_time_ns
+        read = self.service.ledger.totals(UUID0).cpu_time_ns
         self.assertGreater(read, polled)
         self.assertLessEqual(read, dom.info()[4])
 
     def test_versioned_shelve_too(self):
         self.service.poll()
-        polled = self.service.cache.totals(UUID1).cpu_time_ns
+        polled = self.service.ledger.totals(UUID1).cpu_time_ns
         self.notifier(publisher_id='nova-compute:compute-1').info(
             {}, 'instance.shelve.start', versioned_payload(UUID1))
         self.listener.wait_for(1)
-        self.assertGreater(self.service.cache.totals(UUID1).cpu_time_ns,
+        self.assertGreater(self.service.ledger.totals(UUID1).cpu_time_ns,
                            polled)

@@ -7,7 +7,8 @@ import time
 import fixtures
 import testtools
 
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
+from nova_usage_ext import state
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests.functional import fixtures as qemu_fixtures
@@ -28,13 +29,12 @@ class TestGuestRestart(testtools.TestCase):
 
     def make_service(self):
         return usage_service.UsageService(
-            self.reader, counters.CounterCache(
-                os.path.join(self.state, 'counters.json')),
+            self.reader, ledger.Ledger(state.Store(self.state)),
             'compute-1', {'cpu': 60, 'disks': 60, 'interfaces': 60})
 
     def poll(self, svc):
         svc.poll()
-        return svc.latest(self.guest.uuid), svc.cache.totals(self.guest.uuid)
+        return svc.latest(self.guest.uuid), svc.ledger.totals(self.guest.uuid)
 
     def test_restarted_guest_never_gives_negative_usage(self):
         svc = self.make_service()
@@ -72,7 +72,7 @@ class TestGuestRestart(testtools.TestCase):
         time.sleep(0.2)
         restarted = self.make_service()
         self.assertEqual(total1.cpu_time_ns,
-                         restarted.cache.totals(self.guest.uuid).cpu_time_ns)
+                         restarted.ledger.totals(self.guest.uuid).cpu_time_ns)
         raw2, total2 = self.poll(restarted)
         self.assertEqual(total1.cpu_time_ns + raw2.cpu_time_ns,
                          total2.cpu_time_ns)

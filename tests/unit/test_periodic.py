@@ -118,7 +118,7 @@ class TestProcessExits(testtools.TestCase):
         state = self.useFixture(fixtures.TempDir()).path
         result = _run(
             'import os, sys, threading\n'
-            'from nova_usage_ext import counters, service\n'
+            'from nova_usage_ext import ledger, service, state\n'
             'from nova_usage_ext.virt import libvirt as libvirt_usage\n'
             'from tests import libvirt_calls, libvirt_node\n'
             'node = libvirt_node.TestNode([libvirt_node.nova_test_domain(0)])'
@@ -126,11 +126,12 @@ class TestProcessExits(testtools.TestCase):
             'node.setUp()\n'
             'reader = libvirt_usage.LibvirtUsageReader(\n'
             '    libvirt_calls.StaticConnection(node.conn))\n'
-            'cache = counters.CounterCache(os.path.join(%r, "c.json"))\n'
+            'cache = ledger.Ledger(state.Store(%r))\n'
             'svc = service.UsageService(reader, cache, "compute-1",\n'
             '                           {"cpu": 3600})\n'
             'svc.start()\n'
-            'while svc.latest("00000000-0000-0000-0000-000000000001") is None:\n'
+            'while svc.latest(\n'
+            '        "00000000-0000-0000-0000-000000000001") is None:\n'
             '    threading.Event().wait(0.01)\n'
             'print(sorted(t.name for t in threading.enumerate()))\n'
             'sys.exit(3)\n' % state)

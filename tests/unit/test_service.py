@@ -7,7 +7,8 @@ import fixtures
 import testtools
 from oslo_config import cfg
 
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
+from nova_usage_ext import state
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import base
 from nova_usage_ext.virt import libvirt as libvirt_usage
@@ -41,7 +42,7 @@ class ServiceTestCase(testtools.TestCase):
         self.clock = Clock()
 
     def make_service(self, intervals, reader=None):
-        cache = counters.CounterCache(os.path.join(self.state, 'c.json'))
+        cache = ledger.Ledger(state.Store(self.state))
         return usage_service.UsageService(reader or self.reader, cache,
                                           'compute-1', intervals,
                                           clock=self.clock)
@@ -54,7 +55,7 @@ class TestIntervals(ServiceTestCase):
                                  'disks': 600})
         self.assertEqual(60, svc.poll_due())
         self.assertEqual(1, self.counting.calls['getAllDomainStats'])
-        totals = svc.cache.totals(UUID0)
+        totals = svc.ledger.totals(UUID0)
         self.assertIsNotNone(totals.cpu_time_ns)
         self.assertEqual(['vda'], list(totals.disks))
         self.assertEqual(['tap00000000-00'], list(totals.interfaces))
@@ -69,17 +70,18 @@ class TestIntervals(ServiceTestCase):
     def test_only_due_kinds_are_refreshed(self):
         svc = self.make_service({'cpu': 60, 'disks': 600})
         svc.poll_due()
-        first = svc.cache.totals(UUID0)
+        first = svc.ledger.totals(UUID0)
+        first_read = svc.latest(UUID0).disk('vda').read_bytes
         self.clock.now += 60
         svc.poll_due()  # cpu only
-        second = svc.cache.totals(UUID0)
+        second = svc.ledger.totals(UUID0)
         self.assertGreater(second.cpu_time_ns, first.cpu_time_ns)
         self.assertEqual(first.disks, second.disks)
-        self.assertEqual(first.disks['vda'].read_bytes,
+        self.assertEqual(first_read,
                          svc.latest(UUID0).disk('vda').read_bytes)
         self.clock.now += 540
         svc.poll_due()  # both
-        third = svc.cache.totals(UUID0)
+        third = svc.ledger.totals(UUID0)
         self.assertGreater(third.disks['vda'].read_bytes,
                            second.disks['vda'].read_bytes)
         self.assertEqual(3, self.counting.calls['getAllDomainStats'])
@@ -104,7 +106,7 @@ class TestIntervals(ServiceTestCase):
         svc = self.make_service({'cpu': 0, 'interfaces': -1, 'disks': 300})
         self.assertEqual({'disks': 300}, svc.intervals)
         svc.poll_due()
-        totals = svc.cache.totals(UUID0)
+        totals = svc.ledger.totals(UUID0)
         self.assertIsNone(totals.cpu_time_ns)
         self.assertEqual({}, totals.interfaces)
         self.assertEqual(['vda'], list(totals.disks))
@@ -152,18 +154,41 @@ class TestFailures(ServiceTestCase):
             self.reader, 'read_host', side_effect=partial))
         self.clock.now += 60
         svc.poll_due()
-        self.assertIsNotNone(svc.cache.totals(UUID1))
+        self.assertIsNotNone(svc.ledger.totals(UUID1))
 
-    def test_deleted_instance_is_pruned_on_a_complete_read(self):
+    def test_instance_that_left_gets_a_final_then_is_dropped(self):
         svc = self.make_service({'cpu': 60})
         svc.poll_due()
+        self.clock.now += 60
+        svc.poll_due()  # UUID1 has usage in its period now
         dom = self.node.conn.lookupByUUIDString(UUID1)
         dom.destroy()
         dom.undefine()
         self.clock.now += 60
         svc.poll_due()
-        self.assertIsNone(svc.cache.totals(UUID1))
+        (entry,) = svc.ledger.store.pending()
+        usage = entry.message['payload']['usage']['nova_object.data']
+        self.assertEqual(UUID1, entry.uuid)
+        self.assertEqual('left_host', entry.message['payload']['final_reason'])
+        self.assertTrue(usage['final'])
+        self.assertGreater(
+            usage['period']['nova_object.data']['cpu_time_ns'], 0)
+        self.assertIsNotNone(svc.ledger.totals(UUID1))
+        self.clock.now += 60
+        svc.poll_due()
+        self.assertIsNone(svc.ledger.totals(UUID1))
         self.assertIsNone(svc.latest(UUID1))
+
+
+def _period_cpu(entry):
+    usage = entry.message['payload']['usage']
+    return usage['nova_object.data']['period']['nova_object.data'].get(
+        'cpu_time_ns', 0)
+
+
+def _build(usage_wire):
+    return {}, {'message_id': 'm', 'event_type': 'compute.instance.exists',
+                'payload': {'usage': usage_wire}}, 'INFO'
 
 
 class TestRestart(ServiceTestCase):
@@ -171,39 +196,88 @@ class TestRestart(ServiceTestCase):
     def test_totals_survive_a_nova_compute_restart(self):
         svc = self.make_service({'cpu': 60})
         svc.poll_due()
-        before = svc.cache.totals(UUID0)
+        before = svc.ledger.totals(UUID0)
         restarted = self.make_service({'cpu': 60})
-        after = restarted.cache.totals(UUID0)
+        after = restarted.ledger.totals(UUID0)
         self.assertEqual(before.cpu_time_ns, after.cpu_time_ns)
         restarted.poll_due()
-        self.assertGreater(restarted.cache.totals(UUID0).cpu_time_ns,
+        self.assertGreater(restarted.ledger.totals(UUID0).cpu_time_ns,
                            before.cpu_time_ns)
 
-    def test_forget_is_saved(self):
+    def test_restart_right_after_an_exists_never_bills_it_again(self):
+        # The period moved at the exists is durable with its message,
+        # before any save of the poll loop.
         svc = self.make_service({'cpu': 60})
         svc.poll_due()
-        svc.forget(UUID0)
+        self.clock.now += 60
+        svc.poll_due()
+        _wire, seq = svc.close_audit_period(UUID0, base.utcnow(), _build)
+        (entry,) = svc.ledger.store.pending()
+        billed = _period_cpu(entry)
+        self.assertGreater(billed, 0)
         restarted = self.make_service({'cpu': 60})
-        self.assertIsNone(restarted.cache.totals(UUID0))
-        self.assertIsNotNone(restarted.cache.totals(UUID1))
+        self.assertEqual(0, restarted.period_usage(UUID0).cpu_time_ns)
+        # The queued message survived too, to be sent after the restart.
+        self.assertEqual([seq], [e.seq for e in
+                                 restarted.ledger.store.pending()])
+
+    def test_stop_saves(self):
+        svc = self.make_service({'cpu': 60})
+        svc.poll_due()
+        svc.read_now(UUID0)
+        read = svc.ledger.totals(UUID0).cpu_time_ns
+        svc.stop()
+        restarted = self.make_service({'cpu': 60})
+        self.assertEqual(read, restarted.ledger.totals(UUID0).cpu_time_ns)
 
 
 class TestFinals(ServiceTestCase):
 
-    def test_claim_final_once_per_instance(self):
-        svc = self.make_service({})
-        self.assertTrue(svc.claim_final(UUID0))
-        self.assertFalse(svc.claim_final(UUID0))
-        self.assertTrue(svc.claim_final(UUID1))
+    def test_one_final_per_instance_until_it_is_read_again(self):
+        svc = self.make_service({'cpu': 60})
+        svc.poll_due()
+        self.assertIsNotNone(svc.close_final(UUID0, None, {}, 'INFO', 2.0))
+        # nova sends delete.start in both formats.
+        self.assertIsNone(svc.close_final(UUID0, None, {}, 'INFO', 2.0))
+        self.assertEqual(1, len(svc.ledger.store.pending()))
 
-    def test_memory_of_finals_is_bounded(self):
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova_usage_ext.service.FINALS_REMEMBERED', 3))
-        svc = self.make_service({})
-        for i in range(5):
-            svc.claim_final('uuid-%d' % i)
-        self.assertEqual(3, len(svc._finals))
-        self.assertTrue(svc.claim_final('uuid-0'))
+    def test_failed_delete_counts_on_from_the_final(self):
+        svc = self.make_service({'cpu': 60})
+        svc.poll_due()
+        self.clock.now += 60
+        svc.poll_due()
+        svc.close_final(UUID0, None, {}, 'INFO', 2.0)
+        final = svc.ledger.totals(UUID0).cpu_time_ns
+        # nova's delete failed: the guest runs on and is polled.
+        self.clock.now += 60
+        svc.poll_due()
+        self.assertEqual(svc.ledger.totals(UUID0).cpu_time_ns - final,
+                         svc.period_usage(UUID0).cpu_time_ns)
+        # The retried delete reports only what was used since.
+        svc.close_final(UUID0, None, {}, 'INFO', 2.0)
+        first, second = svc.ledger.store.pending()
+        self.assertEqual(svc.ledger.totals(UUID0).cpu_time_ns,
+                         _period_cpu(first) + _period_cpu(second))
+
+    def test_final_of_an_instance_not_here_is_none_and_quiet(self):
+        svc = self.make_service({'cpu': 60})
+        self.assertIsNone(svc.close_final(
+            '00000000-0000-0000-0000-00000000dead', None, {}, 'INFO', 2.0))
+        self.assertEqual([], svc.ledger.store.pending())
+        self.assertNotIn('ERROR', self.log.output)
+        self.assertNotIn('Traceback', self.log.output)
+
+    def test_both_exists_formats_close_one_period(self):
+        svc = self.make_service({'cpu': 60})
+        svc.poll_due()
+        ending = base.utcnow()
+        first, seq1 = svc.close_audit_period(UUID0, ending, _build)
+        second, seq2 = svc.close_audit_period(
+            UUID0, ending.replace(microsecond=0), _build)
+        self.assertIsNotNone(seq1)
+        self.assertIsNone(seq2)
+        self.assertEqual(first, second)
+        self.assertEqual(1, len(svc.ledger.store.pending()))
 
 
 class TestLoop(ServiceTestCase):
@@ -211,7 +285,7 @@ class TestLoop(ServiceTestCase):
 
     def test_runs_never_overlap_and_slow_reads_delay_the_next(self):
         svc = usage_service.UsageService(
-            self.reader, counters.CounterCache(None), 'compute-1',
+            self.reader, ledger.Ledger(state.Store(None)), 'compute-1',
             {'cpu': 0.01})
         running = []
         overlaps = []
@@ -258,8 +332,8 @@ class TestFromConf(testtools.TestCase):
             conf, reader=None, host='compute-1')
         self.assertEqual({'cpu': 600, 'interfaces': 600, 'disks': 300},
                          svc.intervals)
-        self.assertEqual(os.path.join(state, 'usage_ext', 'counters.json'),
-                         svc.cache.path)
+        self.assertEqual(os.path.join(state, 'usage_ext', 'usage.db'),
+                         svc.ledger.store.path)
 
     def test_nova_s_volume_interval_off_by_default(self):
         conf = cfg.ConfigOpts()
@@ -272,9 +346,10 @@ class TestFromConf(testtools.TestCase):
         conf.set_override('cpu_poll_interval', 0, group='usage_ext')
         conf.set_override('bandwidth_poll_interval', 30)
         svc = usage_service.UsageService.from_conf(conf, None, 'compute-1')
-        self.assertEqual({'interfaces': 30}, svc.intervals)
-        self.assertEqual(os.path.join(state, 'counters.json'),
-                         svc.cache.path)
+        # Disks are polled by default, whatever nova's own volume poll.
+        self.assertEqual({'interfaces': 30, 'disks': 600}, svc.intervals)
+        self.assertEqual(os.path.join(state, 'usage.db'),
+                         svc.ledger.store.path)
 
 
 class TestOnlyKinds(testtools.TestCase):

@@ -6,7 +6,7 @@ import json
 import testtools
 from oslo_versionedobjects import fixture
 
-from nova_usage_ext import counters
+from nova_usage_ext import ledger
 from nova_usage_ext import objects
 from nova_usage_ext.objects import base as obj_base
 from nova_usage_ext.objects import usage as usage_objects
@@ -153,12 +153,12 @@ class TestWireFormat(testtools.TestCase):
     def test_period_usage(self):
         start = datetime.datetime(2026, 11, 22, 10, 0,
                                   tzinfo=datetime.timezone.utc)
-        period = counters.UsageCounters(
+        period = ledger.UsageCounters(
             uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001',
             first_seen=start - datetime.timedelta(days=3), read_at=READ_AT,
             period_start=start, cpu_time_ns=5000,
-            disks={'vda': counters.DiskCounters(1, 2, 3, 4)},
-            interfaces={'tap1': counters.InterfaceCounters(
+            disks={'vda': ledger.DiskCounters(1, 2, 3, 4)},
+            interfaces={'tap1': ledger.InterfaceCounters(
                 10, 11, 0, 0, 20, 21, None, None)})
         wire = usage_objects.InstanceUsagePayload.from_record(
             sample_usage(), period=period).to_wire()
@@ -179,7 +179,7 @@ class TestWireFormat(testtools.TestCase):
     def test_older_consumers_get_1_1(self):
         start = datetime.datetime(2026, 11, 22, 10, 0,
                                   tzinfo=datetime.timezone.utc)
-        period = counters.UsageCounters(
+        period = ledger.UsageCounters(
             uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001', first_seen=start,
             read_at=READ_AT, period_start=start, cpu_time_ns=50,
             vcpu_time_ns=40)
@@ -226,12 +226,12 @@ class TestFastWire(testtools.TestCase):
             uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a0001',
             first_seen=start, read_at=READ_AT, period_start=start,
             cpu_time_ns=50, vcpu_time_ns=40,
-            disks={'vdb': counters.DiskCounters(1, 2, None, 4),
-                   'vda': counters.DiskCounters(5, 6, 7, 8)},
-            interfaces={'tap1': counters.InterfaceCounters(
+            disks={'vdb': ledger.DiskCounters(1, 2, None, 4),
+                   'vda': ledger.DiskCounters(5, 6, 7, 8)},
+            interfaces={'tap1': ledger.InterfaceCounters(
                 1, 2, None, 4, 5, 6, 7, None)})
         values.update(overrides)
-        return counters.UsageCounters(**values)
+        return ledger.UsageCounters(**values)
 
     def assertSameWire(self, usage, **kwargs):
         fast = usage_objects.InstanceUsagePayload.wire_from_record(
