@@ -14,7 +14,11 @@ Guests (no OS, TCG): a running nova guest with 2 vCPUs, 2 disks (vdb
 carrying a Cinder volume id in <serial>, as nova writes it) and 2 taps; a
 paused one; a shut-off one; one with 3 vCPUs of which 0 and 2 are online
 (vCPU 2 hot-plugged: the vcpu.N entries have a hole); a guest without
-nova's metadata. Replies, each one JSON file in DIR:
+nova's metadata. The first and the fourth boot a sector that keeps each
+vCPU busy for a moment, so that every vCPU has a run time of its own; the
+host sends frames to the first one's taps (different counts per tap).
+vcpu.N.wait stays 0 where the kernel keeps no scheduler statistics.
+Replies, each one JSON file in DIR:
 
     all-kinds          getAllDomainStats, the groups of a full cycle
     cpu, interfaces,   domainListGetStats on the listed domains, the groups
@@ -68,6 +72,82 @@ VOLUME_ID = '5d8a1b8e-6f0e-4c1b-9a57-3c2f0e7d9b21'
 # a swap of interfaces shows.
 TAP_QUEUE = 1000
 EXTRA_FRAMES = (3, 9)
+# A boot sector that reads the second disk through the BIOS, keeps every
+# vCPU busy for a moment (vCPU 0 about twice as long as the others) and
+# then halts them, so that each vCPU of a no-OS guest has a run time of
+# its own: SeaBIOS leaves all but vCPU 0 halted. It wakes them the way an OS does, through the local APIC (INIT,
+# then STARTUP with vector 0x08, i.e. at 0x8000), in unreal mode to reach
+# the APIC's registers. Built with binutils (as, ld).
+BOOT_SECTOR_ASM = r"""
+        .code16
+        .intel_syntax noprefix
+        .globl _start
+_start:
+        cli
+        cld
+        xor ax, ax
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov sp, 0x7c00
+        mov si, offset others       # the other vCPUs' code, to 0x8000
+        mov di, 0x8000
+        mov cx, offset others_end - others
+        rep movsb
+        sti
+        mov ax, 0x0203              # read 3 sectors of the second disk
+        mov cx, 0x0001              # (if any): its own read counters
+        mov dx, 0x0081
+        mov bx, 0x9000
+        int 0x13
+        cli
+        lgdt [gdt_desc]             # unreal mode: fs reaches 4 GiB
+        mov eax, cr0
+        or al, 1
+        mov cr0, eax
+        mov bx, 8
+        mov fs, bx
+        and al, 0xfe
+        mov cr0, eax
+        xor bx, bx
+        mov fs, bx
+        mov ebx, 0xfee00300         # APIC ICR, to all vCPUs but self:
+        mov dword ptr fs:[ebx], 0x000c4500      # INIT
+        call delay
+        mov dword ptr fs:[ebx], 0x000c4608      # STARTUP at 0x8000
+        call delay
+        mov dword ptr fs:[ebx], 0x000c4608
+        mov ecx, 0x08000000
+1:      dec ecx
+        jnz 1b
+2:      cli
+        hlt
+        jmp 2b
+delay:
+        mov ecx, 0x100000
+3:      dec ecx
+        jnz 3b
+        ret
+others:
+        mov ecx, 0x04000000
+4:      dec ecx
+        jnz 4b
+5:      cli
+        hlt
+        jmp 5b
+others_end:
+        .p2align 3
+gdt:
+        .quad 0
+        .quad 0x00cf92000000ffff    # flat data segment
+gdt_desc:
+        .word gdt_desc - gdt - 1
+        .long gdt
+        .org 510
+        .word 0xaa55
+"""
+# Enough for the boot sector's loops to end (about 1 s of TCG).
+BOOT_SECONDS = 4
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 GROUP_NAMES = {
     libvirt.VIR_DOMAIN_STATS_STATE: 'state',
@@ -105,6 +185,29 @@ def send_frames(tap, dest_mac, count):
                     raise
 
 
+def write_boot_disk(path, workdir):
+    """Make ``path`` a qcow2 disk whose first sector is the boot sector."""
+    source = os.path.join(workdir, 'boot.S')
+    with open(source, 'w') as f:
+        f.write(BOOT_SECTOR_ASM)
+    obj, binary = source[:-2] + '.o', source[:-2] + '.bin'
+    raw = os.path.join(workdir, 'boot.raw')
+    for command in (['as', '-o', obj, source],
+                    ['ld', '-m', 'elf_x86_64', '-Ttext=0x7c00',
+                     '--oformat', 'binary', '-o', binary, obj]):
+        subprocess.run(command, check=True)
+    with open(binary, 'rb') as f:
+        sector = f.read()
+    if len(sector) != 512:
+        raise RuntimeError('the boot sector has %d bytes' % len(sector))
+    with open(raw, 'wb') as f:
+        f.write(sector)
+        f.truncate(qemu_fixtures.DISK_SIZE)
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2',
+                    raw, path], check=True)
+    os.remove(raw)
+
+
 def defined(guest, role, disks, interfaces, vcpus):
     """What the tool defined, for the tests to compare the reader with."""
     return {
@@ -126,10 +229,12 @@ class Recorder:
     # -- guests ---------------------------------------------------------
 
     def redefine(self, guests, guest, disks, interfaces, vcpus,
-                 edit=None):
-        """Stop a fixture guest and start it again with other devices."""
+                 edit=None, before_boot=None):
+        """Stop a fixture guest and start it again with other devices,
+        booting the busy boot sector."""
         dom = guests.domain(guest)
         dom.destroy()
+        write_boot_disk(guest.disk_path, guests.disk_dir)
         metadata = libvirt_node.nova_metadata(
             display_name=guest.display_name, flavor=guest.flavor,
             vcpus=vcpus, memory_mb=guest.memory_mb, root_gb=0,
@@ -144,7 +249,12 @@ class Recorder:
             edit(root)
             xml = ET.tostring(root, encoding='unicode')
         dom = guests.conn.defineXML(xml)
-        dom.create()
+        if before_boot is None:
+            dom.create()
+        else:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            before_boot(dom)
+            dom.resume()
         return dom
 
     def start_guests(self, stack):
@@ -163,21 +273,31 @@ class Recorder:
                  ('vdb', extra_disk, VOLUME_ID)]
         interfaces = [(running.tap, running.mac),
                       (running.tap + 'b', running.mac[:-2] + 'b0')]
-        self.redefine(novas, running, disks, interfaces, vcpus=2)
+        def boot_order(root):
+            # Per-disk boot order, so that the firmware maps vdb too.
+            root.find('os').remove(root.find('os/boot'))
+            for order, disk in enumerate(root.findall('devices/disk'), 1):
+                ET.SubElement(disk, 'boot', order=str(order))
+
+        self.redefine(novas, running, disks, interfaces, vcpus=2,
+                      edit=boot_order)
         self.roles[running.uuid] = defined(running, 'running', disks,
                                            interfaces, 2)
         interfaces_of_running = interfaces
 
         # vCPUs 0 and 2 online of 3: vCPU 2 is hot-plugged (libvirt
-        # cannot unplug one from a guest without ACPI and an OS).
+        # cannot unplug one from a guest without ACPI and an OS), before
+        # the firmware runs, so that the boot sector wakes it too.
         def current_one(root):
             root.find('vcpu').set('current', '1')
 
+        def plug_vcpu_2(dom):
+            dom.setVcpu('2', 1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
         disks = [(hotplug.disk_device, hotplug.disk_path, None)]
         interfaces = [(hotplug.tap, hotplug.mac)]
-        dom = self.redefine(novas, hotplug, disks, interfaces, vcpus=3,
-                            edit=current_one)
-        dom.setVcpu('2', 1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        self.redefine(novas, hotplug, disks, interfaces, vcpus=3,
+                      edit=current_one, before_boot=plug_vcpu_2)
         self.roles[hotplug.uuid] = defined(hotplug, 'vcpu-hotplugged',
                                            disks, interfaces, 3)
 
@@ -188,11 +308,11 @@ class Recorder:
                 [(guest.disk_device, guest.disk_path, None)],
                 [(guest.tap, guest.mac)], guest.vcpus)
 
-        # Some I/O that differs per device, then let the vCPUs run a bit.
+        # Some I/O that differs per device; the vCPUs' busy boot.
         for (tap, mac), extra in zip(interfaces_of_running, EXTRA_FRAMES):
             send_frames(tap, mac, TAP_QUEUE + extra)
         novas.make_disk_io(running)
-        time.sleep(1)
+        time.sleep(BOOT_SECONDS)
         novas.domain(paused).suspend()
         novas.domain(shutoff).destroy()
         return novas, running
