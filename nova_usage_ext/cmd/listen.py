@@ -77,6 +77,11 @@ def _one_line(text):
     return ' '.join(str(text).split())
 
 
+def _cell(value):
+    # One line per message and per problem, whatever a sender put in.
+    return _one_line(value) or '-'
+
+
 def _redacted(url):
     # Passwords stay off the terminal and out of logs.
     return re.sub(r'([:,/]/?[^:@,/]*):[^@,/]*@', r'\1:***@', url)
@@ -216,9 +221,9 @@ class Printer:
                 self.bad += 1
                 for problem in problems:
                     self.err.write('nova-usage-ext: %s %s from %s: %s\n' % (
-                        message.get('event_type'),
-                        message.get('publisher_id'),
-                        message.get('transport'), problem))
+                        _cell(message.get('event_type')),
+                        _cell(message.get('publisher_id')),
+                        _cell(message.get('transport')), _cell(problem)))
                 self.err.flush()
             if usage_event:
                 self.usage_messages += 1
@@ -245,7 +250,7 @@ class Printer:
         cpu = data.get('vcpu_time_ns', data.get('cpu_time_ns'))
         if not isinstance(cpu, int) or isinstance(cpu, bool):
             cpu = None
-        return '  '.join(str(cell) for cell in (
+        return '  '.join(_cell(cell) for cell in (
             message['transport'], message['event_type'],
             data.get('instance_uuid', '-'),
             'final' if data.get('final') else '-',

@@ -13,7 +13,7 @@ import time
 
 import fixtures
 import testtools
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from oslo_config import cfg
 
 from nova_usage_ext import cmd
@@ -87,6 +87,8 @@ class TestCheck(testtools.TestCase):
     @given(event_type=st.sampled_from(
         ['compute.instance.exists', 'instance.usage', 'other']) | JSON,
         payload=JSON)
+    @example(event_type='\r', payload=None)  # one table row all the same
+    @example(event_type='instance.usage', payload={'a\nb': 1})
     def test_arbitrary_json_is_printed_and_judged_never_raised(
             self, event_type, payload):
         self._judged(dict(transport='t', priority='INFO', publisher_id='p',
