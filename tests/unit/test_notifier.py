@@ -1,0 +1,217 @@
+"""The hook and the outbox on libvirt's test driver, with oslo.messaging's
+in-memory ``test`` notification driver standing for the bus (the real bus
+is in tests/functional)."""
+
+import threading
+import time
+import uuid as uuidlib
+
+import fixtures
+import testtools
+from oslo_config import cfg
+import oslo_messaging
+from oslo_messaging.notify import _impl_test
+
+from nova_usage_ext import ledger
+from nova_usage_ext import notifier
+from nova_usage_ext import service as usage_service
+from nova_usage_ext import state
+from nova_usage_ext.virt import libvirt as libvirt_usage
+from tests import libvirt_calls
+from tests import libvirt_node
+
+BUDGET = 0.5
+
+
+def _delete_start(uuid):
+    return {'message_id': 'nova-%s' % uuid,
+            'event_type': 'compute.instance.delete.start',
+            'publisher_id': 'compute.compute-1', 'priority': 'INFO',
+            'payload': {'instance_id': uuid, 'host': 'compute-1',
+                        'tenant_id': 'p', 'user_id': 'u'},
+            'timestamp': '2026-01-01 00:00:00'}
+
+
+class Sends:
+    """The package's own sends: fail, hang or go through on demand."""
+
+    def __init__(self):
+        self.mode = 'ok'
+        self.release = threading.Event()
+        self.sent = []
+        self.lock = threading.Lock()
+
+    def __call__(self, entry):
+        if self.mode == 'refuse':
+            raise oslo_messaging.MessageDeliveryFailure('broker refuses')
+        if self.mode == 'hang':
+            self.release.wait(30)
+            raise oslo_messaging.MessageDeliveryFailure('timed out')
+        with self.lock:
+            self.sent.append(entry.message)
+
+
+class HookTestCase(testtools.TestCase):
+
+    domains = 3
+
+    def setUp(self):
+        super().setUp()
+        self.log = self.useFixture(fixtures.FakeLogger())
+        _impl_test.reset()
+        self.node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.nova_test_domain(i) for i in range(self.domains)]))
+        # As nova_test_domain names them.
+        self.uuids = [str(uuidlib.UUID(int=i + 1))
+                      for i in range(self.domains)]
+        self.conf = cfg.ConfigOpts()
+        self.conf([])
+        from nova_usage_ext import conf as usage_conf
+        usage_conf.register_opts(self.conf)
+        self.conf.set_override('notification_drivers', ['test'],
+                               group='usage_ext')
+        self.conf.set_override('final_exists_budget', BUDGET,
+                               group='usage_ext')
+        self.sends = Sends()
+        self.outbox_max = 10000
+
+    def start(self):
+        reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_calls.StaticConnection(self.node.conn))
+        store = state.Store(self.useFixture(fixtures.TempDir()).path)
+        book = ledger.Ledger(store, outbox_max=self.outbox_max)
+        self.service = usage_service.UsageService(
+            reader, book, 'compute-1', {}, send=self.sends)
+        self.service.delivery._first_pause = 0.05
+        self.service.delivery._max_pause = 0.1
+        usage_service.register(self.service)
+        self.addCleanup(usage_service.unregister, self.service)
+        self.service.start()
+        self.addCleanup(self.service.stop)
+        self.service.poll()
+        transport = oslo_messaging.get_notification_transport(
+            self.conf, url='fake:/')
+        self.addCleanup(transport.cleanup)
+        self.driver = notifier.UsageNotifierDriver(
+            self.conf, ['notifications'], transport)
+
+    def nova_sent(self):
+        return [m for _c, m, _p, _r in _impl_test.NOTIFICATIONS]
+
+    def wait_for(self, predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail('timed out')
+            time.sleep(0.01)
+
+
+class TestFinals(HookTestCase):
+
+    def test_final_goes_out_before_delete_start(self):
+        self.start()
+        self.driver.notify({}, _delete_start(self.uuids[0]), 'INFO', -1)
+        (final,) = self.sends.sent
+        self.assertEqual('compute.instance.exists', final['event_type'])
+        self.assertEqual(self.uuids[0], final['payload']['instance_id'])
+        self.assertEqual('deleted', final['payload']['final_reason'])
+        self.assertTrue(final['payload']['usage']['nova_object.data'][
+            'final'])
+        # nova's own message went on, unchanged, after it.
+        self.assertEqual([_delete_start(self.uuids[0])], self.nova_sent())
+        self.assertEqual(0, self.service.ledger.store.outbox_size())
+
+    def test_broker_refusing_keeps_finals_queued_then_sends_them(self):
+        self.start()
+        self.sends.mode = 'refuse'
+        for uuid in self.uuids:
+            began = time.monotonic()
+            self.driver.notify({}, _delete_start(uuid), 'INFO', -1)
+            self.assertLess(time.monotonic() - began, BUDGET + 0.25)
+        self.assertEqual(len(self.uuids), len(self.nova_sent()))
+        self.assertEqual(len(self.uuids),
+                         self.service.ledger.store.outbox_size())
+        self.sends.mode = 'ok'
+        self.wait_for(lambda: len(self.sends.sent) == len(self.uuids))
+        self.assertEqual(sorted(self.uuids), sorted(
+            m['payload']['instance_id'] for m in self.sends.sent))
+        self.assertEqual(0, self.service.ledger.store.outbox_size())
+
+    def test_a_send_that_never_returns_holds_nova_for_the_budget_only(self):
+        self.start()
+        self.sends.mode = 'hang'
+        self.addCleanup(self.sends.release.set)
+        threads_before = threading.active_count()
+        for uuid in self.uuids:
+            began = time.monotonic()
+            self.driver.notify({}, _delete_start(uuid), 'INFO', -1)
+            self.assertLess(time.monotonic() - began, BUDGET + 0.25)
+        self.assertEqual(len(self.uuids), len(self.nova_sent()))
+        # The messages wait in the outbox, not in threads.
+        self.assertLessEqual(threading.active_count(), threads_before + 2)
+        self.sends.mode = 'ok'
+        self.sends.release.set()
+        self.wait_for(lambda: len(self.sends.sent) == len(self.uuids))
+
+    def test_outbox_at_its_bound_drops_the_oldest_and_says_so(self):
+        self.outbox_max = 2
+        self.start()
+        self.sends.mode = 'refuse'
+        for uuid in self.uuids:
+            self.driver.notify({}, _delete_start(uuid), 'INFO', -1)
+        pending = self.service.ledger.store.pending()
+        self.assertEqual(self.uuids[1:], [e.uuid for e in pending])
+        self.assertIn('outbox is full', self.log.output)
+        self.assertEqual(1, self.service.ledger.dropped_messages)
+
+    def test_a_restart_sends_what_was_queued_with_the_same_message_id(self):
+        self.start()
+        self.sends.mode = 'refuse'
+        self.driver.notify({}, _delete_start(self.uuids[0]), 'INFO', -1)
+        (queued,) = self.service.ledger.store.pending()
+        self.service.stop()
+        again = usage_service.UsageService(
+            self.service.reader,
+            ledger.Ledger(state.Store(self.service.ledger.store.state_dir)),
+            'compute-1', {}, send=self.sends)
+        self.sends.mode = 'ok'
+        again.start()
+        self.addCleanup(again.stop)
+        self.wait_for(lambda: len(self.sends.sent) == 1)
+        self.assertEqual(queued.message_id,
+                         self.sends.sent[0]['message_id'])
+
+
+class TestBurst(HookTestCase):
+
+    domains = 200
+
+    def test_200_deletes_at_once_give_200_finals(self):
+        self.start()
+        threads = [threading.Thread(
+            target=self.driver.notify,
+            args=({}, _delete_start(uuid), 'INFO', -1))
+            for uuid in self.uuids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        self.wait_for(lambda: len(self.sends.sent) == 200)
+        self.assertEqual(sorted(self.uuids), sorted(
+            m['payload']['instance_id'] for m in self.sends.sent))
+        self.assertEqual(200, len(self.nova_sent()))
+        self.assertNotIn('gave up', self.log.output)
+
+
+class TestNotHere(HookTestCase):
+
+    def test_exists_of_an_instance_not_on_this_host_is_quiet(self):
+        self.start()
+        msg = {'message_id': 'x', 'event_type': 'compute.instance.exists',
+               'payload': {'instance_id':
+                           '00000000-0000-0000-0000-00000000dead',
+                           'audit_period_ending': '2026-01-01 00:00:00'}}
+        self.driver.notify({}, msg, 'INFO', -1)
+        self.assertEqual([msg], self.nova_sent())
+        self.assertNotIn('ERROR', self.log.output)
+        self.assertNotIn('Traceback', self.log.output)
