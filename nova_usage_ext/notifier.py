@@ -156,8 +156,10 @@ class UsageNotifierDriver(notifier.Driver):
 
     def _with_usage(self, service, uuid, ctxt, msg, priority):
         payload = msg['payload']
-        if service.latest(uuid) is None:
-            service.read_bounded(uuid, self.budget)
+        source = exists.SOURCE_CACHE
+        if (service.latest(uuid) is None and
+                service.read_bounded(uuid, self.budget) is not None):
+            source = exists.SOURCE_HYPERVISOR
         ending = exists.parse_nova_time(payload.get('audit_period_ending'))
         built = {}
 
@@ -165,7 +167,8 @@ class UsageNotifierDriver(notifier.Driver):
             built['msg'] = dict(msg, payload=dict(payload, usage=usage_wire))
             return ctxt, built['msg'], priority
 
-        usage_wire, seq = service.close_audit_period(uuid, ending, build)
+        usage_wire, seq = service.close_audit_period(uuid, ending, build,
+                                                     source)
         if usage_wire is None:
             # Not an instance of this host (nova audits instances deleted
             # in the period; prep_resize sends one on the destination).

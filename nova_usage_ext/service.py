@@ -312,6 +312,11 @@ class UsageService:
             LOG.warning('nova-usage-ext: cannot read instance %s: %s', uuid,
                         exc)
             return None
+        except Exception:
+            # A bug in a reader or its library: the last reading stands,
+            # and the final exists still goes out.
+            LOG.exception('nova-usage-ext: reading instance %s failed', uuid)
+            return None
         if usage is None:
             LOG.warning('nova-usage-ext: reading instance %s took more than '
                         '%.1fs; its last reading stands', uuid, timeout)
@@ -328,13 +333,16 @@ class UsageService:
 
     # -- closing periods ---------------------------------------------------
 
-    def close_audit_period(self, uuid, ending, build):
+    def close_audit_period(self, uuid, ending, build,
+                           source=exists.SOURCE_CACHE):
         """Close the period that nova's audit exists ending at ``ending``
         reports, once per (instance, ending).
 
         :param build: ``usage wire -> (ctxt, message, priority)``, the
             message that carries the usage; it is queued in the outbox in
             the transaction that ends the period.
+        :param source: where the last reading comes from (the hook read
+            it for this message: ``exists.SOURCE_HYPERVISOR``).
         :returns: ``(usage wire, seq)``: seq is the queued message's, None
             when another message closed this period already (nova's
             other format) and the same usage is reported again; ``(None,
@@ -355,8 +363,7 @@ class UsageService:
 
             def build_with_usage(period):
                 wire['usage'] = exists.usage_primitive(
-                    usage, self.host, source=exists.SOURCE_CACHE,
-                    period=period)
+                    usage, self.host, source=source, period=period)
                 return build(wire['usage'])
 
             queued = self.ledger.close_period(

@@ -74,20 +74,38 @@ class HookTestCase(testtools.TestCase):
             libvirt_node.nova_test_domain(0),
             libvirt_node.nova_test_domain(1)]))
         self.reader = libvirt_usage.LibvirtUsageReader(self.node.connection)
-        state = self.useFixture(fixtures.TempDir()).path
-        # Instances that start after the package was deployed: their usage
-        # counts from their process's start (the cache's first read is no
-        # baseline).
-        self.service = usage_service.UsageService(
-            self.reader, ledger.Ledger(state.Store(state)), 'compute-1', {})
-        usage_service.register(self.service)
-        self.addCleanup(usage_service.unregister, self.service)
+        self.service = self.start_service(self.deployed_state_dir())
         self.listener = self.useFixture(bus.Listener(self.conf))
+
+    def deployed_state_dir(self):
+        """State of a package deployed before the instances started: it
+        exists (empty), so their usage counts from their process's start.
+        (A fresh state baselines the first read: see
+        test_instances_found_by_a_new_deployment_count_from_then.)"""
+        path = self.useFixture(fixtures.TempDir()).path
+        state.Store(path).close()
+        return path
+
+    def start_service(self, state_dir, reader=None):
+        """A registered service whose outbox delivery runs, as
+        ``init_host`` leaves it."""
+        service = usage_service.UsageService(
+            reader or self.reader, ledger.Ledger(state.Store(state_dir)),
+            'compute-1', {})
+        usage_service.register(service)
+        self.addCleanup(usage_service.unregister, service)
+        service.start()
+        self.addCleanup(service.stop)
+        return service
 
     def notifier(self, url=bus.RABBIT_URL, publisher_id='compute.compute-1',
                  retry=None):
+        # nova's notifier and the package's own sender both take the
+        # notification transport_url from nova.conf.
         transport = oslo_messaging.get_notification_transport(self.conf,
                                                               url=url)
+        self.conf.set_override('transport_url', url,
+                               group='oslo_messaging_notifications')
         self.addCleanup(transport.cleanup)
         return oslo_messaging.Notifier(
             transport, driver='nova_usage_ext', topics=[self.listener.topic],
@@ -143,13 +161,15 @@ class TestExists(HookTestCase):
         self.assertEqual(data['cpu_time_ns'], period['cpu_time_ns'])
         self.assertIsNone(period['period_beginning'])
 
-    def test_instances_found_by_a_new_cache_count_from_then(self):
-        # The first poll of an empty cache (the package was just deployed):
+    def test_instances_found_by_a_new_deployment_count_from_then(self):
+        # The first poll of a fresh state (the package was just deployed):
         # the instances were running, metered by something else.
-        self.service.ledger = ledger.Ledger(state.Store(None))
-        self.service.poll()
-        first = self.service.latest(UUID0)
-        self.service.poll()
+        service = self.start_service(
+            self.useFixture(fixtures.TempDir()).path)
+        service.poll()
+        first = service.latest(UUID0)
+        self.assertEqual(0, service.period_usage(UUID0).cpu_time_ns)
+        service.poll()
         self.notifier().info({}, 'compute.instance.exists', legacy_payload(
             UUID0, audit_period_ending='2026-11-22 10:00:00'))
         (message,) = self.listener.wait_for(1)
@@ -314,14 +334,110 @@ class TestFinalExists(HookTestCase):
                          delete['event_type'])
         self.assertIn('hypervisor library bug', self.log.output)
 
-    def test_the_cache_forgets_the_deleted_instance(self):
+    def gone(self, uuid):
+        dom = self.dom(uuid)
+        dom.destroy()
+        dom.undefine()
+
+    def test_deleted_instance_is_dropped_once_gone_without_a_second_final(
+            self):
         self.service.poll()
         self.notifier().info({}, 'compute.instance.delete.start',
                              legacy_payload(UUID0))
         self.listener.wait_for(2)
+        # Its final is out; the state stays until the guest is gone (a
+        # delete that fails leaves it running).
+        self.assertTrue(self.service.ledger.is_closed(UUID0))
+        self.gone(UUID0)
+        self.service.poll()
         self.assertIsNone(self.service.latest(UUID0))
         self.assertIsNone(self.service.ledger.totals(UUID0))
         self.assertIsNotNone(self.service.ledger.totals(UUID1))
+        self.assertEqual(0, self.service.ledger.store.outbox_size())
+        time.sleep(0.5)
+        self.assertEqual(['compute.instance.exists',
+                          'compute.instance.delete.start'],
+                         [m['event_type'] for m in self.listener.messages])
+
+    def test_failed_delete_bills_the_usage_since_the_first_final(self):
+        self.service.poll()
+        notifier = self.notifier()
+        notifier.info({}, 'compute.instance.delete.start',
+                      legacy_payload(UUID0))
+        first, _delete = self.listener.wait_for(2)
+        # nova's delete failed: the guest runs on and is polled again.
+        self.service.poll()
+        self.assertFalse(self.service.ledger.is_closed(UUID0))
+        notifier.info({}, 'compute.instance.delete.start',
+                      legacy_payload(UUID0))
+        _f, _d, second, _delete = self.listener.wait_for(4)
+        self.assertEqual('compute.instance.exists', second['event_type'])
+        before = first['payload']['usage']['nova_object.data']
+        data = second['payload']['usage']['nova_object.data']
+        period = data['period']['nova_object.data']
+        # Only what the guest used after the first final: nothing twice.
+        self.assertEqual(data['cpu_time_ns'] - before['cpu_time_ns'],
+                         period['cpu_time_ns'])
+        self.assertGreater(period['cpu_time_ns'], 0)
+        self.assertEqual(
+            first['payload']['audit_period_ending'].replace(' ', 'T')[:19],
+            period['period_beginning'][:19])
+
+    def test_instance_that_left_the_host_gets_a_final_exists(self):
+        # Migrated away (or deleted while nova-compute was down): no
+        # delete.start, only a complete read without it.
+        self.service.poll()
+        self.notifier()  # the drivers the package sends through
+        self.gone(UUID1)
+        self.service.poll()
+        (final,) = self.listener.wait_for(1)
+        self.assertEqual('compute.instance.exists', final['event_type'])
+        self.assertEqual('compute.compute-1', final['publisher_id'])
+        payload = final['payload']
+        self.assertEqual('left_host', payload['final_reason'])
+        self.assertEqual(UUID1, payload['instance_id'])
+        data = payload['usage']['nova_object.data']
+        self.assertTrue(data['final'])
+        self.assertEqual('cache', data['source'])
+        # Everything it used here, up to the last reading.
+        self.assertEqual(data['cpu_time_ns'],
+                         data['period']['nova_object.data']['cpu_time_ns'])
+        # Reported once: the next read drops it quietly.
+        self.service.poll()
+        self.assertIsNone(self.service.ledger.totals(UUID1))
+        time.sleep(0.5)
+        self.assertEqual(1, len(self.listener.messages))
+
+    def test_a_burst_of_deletes_gets_every_final_before_its_delete(self):
+        # Deletes running at once on one host (nova's default allows 10
+        # concurrent builds and more deletes): no cap gives any up.
+        count = 24
+        node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.nova_test_domain(i) for i in range(count)]))
+        service = self.start_service(
+            self.deployed_state_dir(),
+            libvirt_usage.LibvirtUsageReader(node.connection))
+        service.poll()
+        uuids = [u.uuid for u in service.reader.read_host().usages]
+        self.assertEqual(count, len(uuids))
+        notifier = self.notifier()
+        threads = [threading.Thread(target=notifier.info, args=(
+            {}, 'compute.instance.delete.start', legacy_payload(uuid)))
+            for uuid in uuids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        messages = self.listener.wait_for(2 * count, timeout=30)
+        time.sleep(0.5)
+        self.assertEqual(2 * count, len(self.listener.messages))
+        order = [(m['event_type'], m['payload']['instance_id'])
+                 for m in messages]
+        for uuid in uuids:
+            final = order.index(('compute.instance.exists', uuid))
+            delete = order.index(('compute.instance.delete.start', uuid))
+            self.assertLess(final, delete)
+        self.assertEqual(0, service.ledger.store.outbox_size())
 
 
 class Blackhole(fixtures.Fixture):
@@ -413,7 +529,7 @@ class TestBudget(HookTestCase):
         # The final exists reached the driver that could take it.
         self.assertEqual(['compute.instance.exists',
                           'compute.instance.delete.start'], seen['events'])
-        self.assertIn('could not send the final exists', self.log.output)
+        self.assertIn('was not delivered within', self.log.output)
         hole.close()
         sender.join(60)
         self.assertFalse(sender.is_alive())
@@ -477,11 +593,17 @@ class TestSamples(HookTestCase):
 
     def test_exists_sample(self):
         self.service.poll()
-        self.service.period_for_exists(UUID0, None)
-        self.notifier().info({}, 'compute.instance.exists', legacy_payload(
-            UUID0, audit_period_beginning='2026-11-22 09:00:00',
-            audit_period_ending='2026-11-22 10:00:00'))
-        (message,) = self.listener.wait_for(1)
+        notifier = self.notifier()
+        for hour in (9, 10):
+            notifier.info({}, 'compute.instance.exists', legacy_payload(
+                UUID0, audit_period_beginning='2026-11-22 %02d:00:00'
+                % (hour - 1),
+                audit_period_ending='2026-11-22 %02d:00:00' % hour))
+        # The second carries a period with a beginning: every field set.
+        _first, message = self.listener.wait_for(2)
+        self.assertEqual('2026-11-22T09:00:00Z', message['payload'][
+            'usage']['nova_object.data']['period']['nova_object.data'][
+            'period_beginning'])
         sample = load_sample('compute.instance.exists')
         self.assertEqual(sample['event_type'], message['event_type'])
         self.assertEqual(sample['priority'], message['priority'])
