@@ -1,7 +1,6 @@
-"""The usage service over real QEMU guests: restarts and the counter cache.
+"""The usage service over real QEMU guests: restarts and the usage ledger.
 """
 
-import os
 import time
 
 import fixtures
@@ -39,6 +38,11 @@ class TestGuestRestart(testtools.TestCase):
     def test_restarted_guest_never_gives_negative_usage(self):
         svc = self.make_service()
         raw1, total1 = self.poll(svc)
+        # The state started empty (the package was just deployed): the
+        # guest's usage before this first read is not this package's to
+        # bill, its totals start at 0.
+        self.assertEqual(0, total1.cpu_time_ns)
+        self.assertEqual(0, total1.disks['vda'].read_bytes)
         time.sleep(0.3)
         raw2, total2 = self.poll(svc)
         self.assertGreater(total2.cpu_time_ns, total1.cpu_time_ns)
@@ -56,7 +60,7 @@ class TestGuestRestart(testtools.TestCase):
             self.assertGreaterEqual(
                 getattr(total3.disks['vda'], name),
                 getattr(total2.disks['vda'], name), name)
-        # The cache started empty: the period counts from the first poll.
+        # The period counts from the first poll, across the restart.
         period = svc.period_usage(self.guest.uuid)
         self.assertEqual(total3.cpu_time_ns - total1.cpu_time_ns,
                          period.cpu_time_ns)
@@ -64,8 +68,12 @@ class TestGuestRestart(testtools.TestCase):
 
     def test_totals_survive_a_nova_compute_restart_and_a_guest_restart(self):
         svc = self.make_service()
+        self.poll(svc)
+        time.sleep(0.3)
         _raw1, total1 = self.poll(svc)
+        self.assertGreater(total1.cpu_time_ns, 0)
         # nova-compute stops; meanwhile the guest is restarted.
+        svc.stop()
         dom = self.node.domain(self.guest)
         dom.destroy()
         dom.create()
@@ -76,3 +84,37 @@ class TestGuestRestart(testtools.TestCase):
         raw2, total2 = self.poll(restarted)
         self.assertEqual(total1.cpu_time_ns + raw2.cpu_time_ns,
                          total2.cpu_time_ns)
+        # No exists yet: the period holds all of it, nothing twice.
+        self.assertEqual(total2.cpu_time_ns, restarted.period_usage(
+            self.guest.uuid).cpu_time_ns)
+
+    def test_a_crash_right_after_an_exists_never_bills_its_period_again(
+            self):
+        svc = self.make_service()
+        self.poll(svc)
+        time.sleep(0.3)
+        self.poll(svc)
+        # nova's audit periods end on whole seconds.
+        ending = svc.latest(self.guest.uuid).read_at.replace(microsecond=0)
+
+        def build(usage_wire):
+            return {}, {'event_type': 'compute.instance.exists',
+                        'payload': {'usage': usage_wire}}, 'INFO'
+
+        first, _seq = svc.close_audit_period(self.guest.uuid, ending, build)
+        billed = first['nova_object.data']['period']['nova_object.data']
+        self.assertGreater(billed['cpu_time_ns'], 0)
+        # nova-compute dies at once: no poll, no stop, no save after the
+        # exists was queued.
+        restarted = self.make_service()
+        time.sleep(0.3)
+        _raw, total = self.poll(restarted)
+        period = restarted.period_usage(self.guest.uuid)
+        self.assertEqual(ending, period.period_start)
+        # Only what the guest used after the exists: its totals less what
+        # that exists billed (the first poll's baseline was 0).
+        self.assertEqual(total.cpu_time_ns - billed['cpu_time_ns'],
+                         period.cpu_time_ns)
+        # The exists itself waits in the outbox for delivery, once.
+        (entry,) = restarted.ledger.store.pending()
+        self.assertEqual(first, entry.message['payload']['usage'])
