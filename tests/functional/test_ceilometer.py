@@ -414,6 +414,10 @@ class TestNotificationAgent(CeilometerTestCase):
         oslo_messaging.get_notification_transport(
             sender, url=bus.RABBIT_URL).cleanup()
         sender.set_override('control_exchange', 'nova')
+        # The package sends its final exists over a transport of its own
+        # made from the same option as nova's notifier.
+        sender.set_override('transport_url', bus.RABBIT_URL,
+                            group='oslo_messaging_notifications')
         sender.set_override('notification_drivers', ['messagingv2'],
                             group='usage_ext')
         listener = self.useFixture(bus.Listener(sender))
@@ -425,6 +429,8 @@ class TestNotificationAgent(CeilometerTestCase):
             HOST, {})
         usage_service.register(service)
         self.addCleanup(usage_service.unregister, service)
+        service.start()  # the outbox's delivery, as init_host starts it
+        self.addCleanup(service.stop)
         transport = oslo_messaging.get_notification_transport(
             sender, url=bus.RABBIT_URL)
         self.addCleanup(transport.cleanup)
