@@ -21,7 +21,10 @@ nova-compute (where the usage driver registered its service) it also:
   for at most ``[usage_ext] final_exists_budget`` seconds;
 - before an event that ends the guest's process or moves it off the host
   (power off, shelve, suspend, reboot, rebuild, rescue, resize,
-  migration), reads the instance, within the same budget.
+  migration), reads the instance, within the same budget;
+- when the instance has left the host (live migration, resize or cold
+  migration on the source, shelve offload), queues a final exists with
+  ``final_reason`` saying why.
 
 Messages that close a period are queued durably before they are sent and
 stay queued until a driver took them (see :mod:`nova_usage_ext.delivery`).
@@ -59,6 +62,17 @@ _PROCESS_ENDS = ('power_off.start', 'shelve.start', 'suspend.start',
                  'evacuate')
 PROCESS_ENDS = tuple(prefix + event for event in _PROCESS_ENDS
                      for prefix in ('compute.instance.', 'instance.'))
+# The instance has left this host (or its process here is gone for good):
+# a final exists closes its usage here, with the reason. A read is tried
+# first; by then it usually finds nothing and the last reading stands.
+LEAVES = {
+    'compute.instance.live_migration._post.start': 'migrated',
+    'instance.live_migration_post.start': 'migrated',
+    'compute.instance.resize.end': 'migrated',
+    'instance.resize.end': 'migrated',
+    'compute.instance.shelve_offload.end': 'shelved_offloaded',
+    'instance.shelve_offload.end': 'shelved_offloaded',
+}
 
 
 def _instance_uuid(payload):
@@ -115,7 +129,11 @@ class UsageNotifierDriver(notifier.Driver):
             if not uuid:
                 pass
             elif event_type in DELETE_START:
-                self._final_exists(service, uuid, ctxt, msg, priority)
+                self._final_exists(service, uuid, ctxt, msg, priority,
+                                   usage_service.LEFT_DELETED)
+            elif event_type in LEAVES:
+                self._final_exists(service, uuid, ctxt, msg, priority,
+                                   LEAVES[event_type])
             elif event_type in PROCESS_ENDS:
                 service.read_bounded(uuid, self.budget)
             elif event_type == LEGACY_EXISTS:
@@ -156,11 +174,14 @@ class UsageNotifierDriver(notifier.Driver):
 
     def _with_usage(self, service, uuid, ctxt, msg, priority):
         payload = msg['payload']
+        # nova sends an exists of the current period right before rebuild,
+        # rescue, revert_resize and shelve end the process: read now, not
+        # the last poll (which stands when the read fails).
+        ending = exists.parse_nova_time(payload.get('audit_period_ending'))
         source = exists.SOURCE_CACHE
-        if (service.latest(uuid) is None and
+        if (not service.audit_closed(uuid, ending) and
                 service.read_bounded(uuid, self.budget) is not None):
             source = exists.SOURCE_HYPERVISOR
-        ending = exists.parse_nova_time(payload.get('audit_period_ending'))
         built = {}
 
         def build(usage_wire):
@@ -184,13 +205,18 @@ class UsageNotifierDriver(notifier.Driver):
         if not uuid:
             return
         ending = _versioned_ending(msg['payload'])
+        source = exists.SOURCE_CACHE
+        if (not service.audit_closed(uuid, ending) and
+                service.read_bounded(uuid, self.budget) is not None):
+            source = exists.SOURCE_HYPERVISOR
 
         def build(usage_wire):
             return ctxt, dict(msg, message_id=str(uuidlib.uuid4()),
                               event_type=VERSIONED_USAGE,
                               payload=usage_wire), priority
 
-        usage_wire, seq = service.close_audit_period(uuid, ending, build)
+        usage_wire, seq = service.close_audit_period(uuid, ending, build,
+                                                     source)
         if usage_wire is not None and seq is None:
             # The legacy exists closed this period: report the same usage.
             companion = build(usage_wire)[1]
@@ -198,10 +224,10 @@ class UsageNotifierDriver(notifier.Driver):
 
     # -- the final exists -------------------------------------------------
 
-    def _final_exists(self, service, uuid, ctxt, msg, priority):
+    def _final_exists(self, service, uuid, ctxt, msg, priority, reason):
         started = time.monotonic()
         seq = service.close_final(uuid, msg.get('payload'), ctxt, priority,
-                                  self.budget)
+                                  self.budget, reason=reason)
         if seq is None:
             return
         left = self.budget - (time.monotonic() - started)

@@ -36,7 +36,9 @@ INTERFACES = base.INTERFACES
 DISKS = base.DISKS
 KINDS = base.ALL_KINDS
 
-# Why an instance's last period on this host ended.
+# Why an instance's last period on this host ended (``final_reason``):
+# deleted, migrated, shelved_offloaded (from nova's notifications), or
+# left_host (a complete read no longer lists it and nova said nothing).
 LEFT_DELETED = 'deleted'
 LEFT_HOST = 'left_host'
 
@@ -332,6 +334,14 @@ class UsageService:
         return self._audit_period_start(now)
 
     # -- closing periods ---------------------------------------------------
+
+    def audit_closed(self, uuid, ending):
+        """True when a message closed the period of the exists ending at
+        ``ending`` already (nova's other format)."""
+        if ending is not None:
+            ending = ending.replace(microsecond=0)
+        with self._close_lock:
+            return (uuid, ending) in self._closed_audits
 
     def close_audit_period(self, uuid, ending, build,
                            source=exists.SOURCE_CACHE):
