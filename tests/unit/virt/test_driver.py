@@ -5,8 +5,12 @@ import types
 import fixtures
 import testtools
 
+from nova_usage_ext import ledger
+from nova_usage_ext import state
+from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import base
 from nova_usage_ext.virt import libvirt as libvirt_usage
+from tests import libvirt_calls
 from tests import libvirt_node
 
 VOLUME = '8e1f7a2b-3c4d-4e5f-9a6b-7c8d9e0f1a2b'
@@ -153,26 +157,113 @@ class TestGetInfo(DriverTestCase):
         self.assertRaises(base.InstanceNotFound, self.driver.get_info,
                           instance(4))
 
-    def test_on_a_driver_with_its_own_get_info(self):
+    def novalike_driver(self, connection):
         class NovaInfo:
             def __init__(self, state):
                 self.state = state
 
         class NovaLikeDriver:
             def get_info(self, instance, use_cache=True):
+                if instance.uuid == _uuid(4):
+                    raise LookupError('nova: no such instance')
                 return NovaInfo(state='from-nova')
 
         class Driver(libvirt_usage.LibvirtUsageMixin, NovaLikeDriver):
             pass
 
         driver = Driver()
-        driver._usage_reader = libvirt_usage.LibvirtUsageReader(
-            self.node.connection)
+        driver._usage_reader = libvirt_usage.LibvirtUsageReader(connection)
+        return driver, NovaInfo
+
+    def usage_service(self, reader):
+        state_dir = self.useFixture(fixtures.TempDir()).path
+        cache = ledger.Ledger(state.Store(state_dir))
+        svc = usage_service.UsageService(reader, cache, 'compute-1',
+                                         {base.CPU: 600})
+        usage_service.register(svc)
+        self.addCleanup(usage_service.unregister, svc)
+        return svc
+
+    def test_on_nova_driver_cpu_time_is_the_last_reading_no_call(self):
+        counting = libvirt_calls.CountingConnection(self.node.conn)
+        driver, nova_info = self.novalike_driver(
+            libvirt_calls.StaticConnection(counting))
+        svc = self.usage_service(driver.usage_reader)
+        svc.poll()
+        counting.reset_counts()
         info = driver.get_info(instance(0))
-        self.assertIsInstance(info, NovaInfo)
+        self.assertIsInstance(info, nova_info)
         self.assertEqual('from-nova', info.state)
+        self.assertEqual(svc.latest(_uuid(0)).cpu_time_ns, info.cpu_time_ns)
         self.assertGreater(info.cpu_time_ns, 0)
-        # nova's answer stands even where usage cannot be read
+        # nova calls get_info every half second while a guest stops.
+        self.assertEqual(0, counting.total, counting.calls)
+
+    def test_on_nova_driver_cpu_time_none_without_a_reading(self):
+        driver, _ = self.novalike_driver(self.node.connection)
+        self.assertIsNone(driver.get_info(instance(0)).cpu_time_ns)
+        svc = self.usage_service(driver.usage_reader)
+        self.assertIsNone(driver.get_info(instance(0)).cpu_time_ns)
+        svc.poll()
+        # not a nova instance: nova's answer, no cpu time
         info = driver.get_info(instance(2))
         self.assertEqual('from-nova', info.state)
         self.assertIsNone(info.cpu_time_ns)
+
+    def test_on_nova_driver_novas_errors_are_novas(self):
+        driver, _ = self.novalike_driver(self.node.connection)
+        self.assertRaises(LookupError, driver.get_info, instance(4))
+
+    def test_on_nova_driver_a_broken_service_never_raises(self):
+        driver, _ = self.novalike_driver(self.node.connection)
+        svc = self.usage_service(driver.usage_reader)
+        self.useFixture(fixtures.MockPatchObject(
+            svc, 'latest', side_effect=AttributeError('broken')))
+        info = driver.get_info(instance(0))
+        self.assertEqual('from-nova', info.state)
+        self.assertIsNone(info.cpu_time_ns)
+        self.assertIn('get_info failed', self.log.output)
+        self.assertIn('AttributeError: broken', self.log.output)
+
+
+class NotLibvirt:
+    """A connection object without libvirt's API (nova's tests hand the
+    driver such fakes): every call the reader makes raises AttributeError.
+    """
+
+
+class TestNothingRaisesIntoNova(DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.driver = libvirt_usage.LibvirtUsageHost(
+            libvirt_calls.StaticConnection(NotLibvirt()))
+
+    def assert_logged(self, method, error='AttributeError'):
+        self.assertIn('nova-usage-ext: %s failed' % method, self.log.output)
+        self.assertIn(error, self.log.output)
+
+    def test_block_stats(self):
+        self.assertIsNone(self.driver.block_stats(instance(0), 'vda'))
+        self.assert_logged('block_stats')
+
+    def test_interface_stats(self):
+        self.assertIsNone(self.driver.interface_stats(instance(0), 'tap0'))
+        self.assert_logged('interface_stats')
+
+    def test_get_all_volume_usage(self):
+        bdms = [{'instance': instance(0), 'instance_bdms': [
+            {'device_name': '/dev/vdb', 'volume_id': VOLUME}]}]
+        self.assertEqual([], self.driver.get_all_volume_usage(None, bdms))
+        self.assert_logged('get_all_volume_usage')
+
+    def test_get_all_bw_counters(self):
+        self.assertEqual([], self.driver.get_all_bw_counters([instance(0)]))
+        self.assert_logged('get_all_bw_counters')
+
+    def test_malformed_bdms(self):
+        # A BDM without the keys nova's manager puts there.
+        self.driver = libvirt_usage.LibvirtUsageHost(self.node.connection)
+        bdms = [{'instance': instance(0), 'instance_bdms': [{}]}]
+        self.assertEqual([], self.driver.get_all_volume_usage(None, bdms))
+        self.assert_logged('get_all_volume_usage', "KeyError: 'volume_id'")
