@@ -42,6 +42,8 @@ BUDGET_RANGE = (0.1, 30.0)
 DEFAULT_STATS_WORKERS = 2
 STATS_WORKERS_RANGE = (1, 8)
 DEFAULT_NOTIFICATION_DRIVERS = ('messagingv2',)
+DEFAULT_OUTBOX_MAX = 100000
+OUTBOX_MAX_RANGE = (100, 10000000)
 # Where state goes when nova's state_path is unset or unfit.
 DEFAULT_STATE_DIR = '/var/lib/nova/usage_ext'
 
@@ -100,6 +102,14 @@ usage_opts = [
                     'makes every cycle a single getAllDomainStats call. '
                     'Values outside %d to %d are read as the nearest bound.'
                     % STATS_WORKERS_RANGE),
+    cfg.IntOpt('outbox_max_messages',
+               default=DEFAULT_OUTBOX_MAX,
+               help='The most messages that close a usage period (final '
+                    'and period exists) the outbox keeps while the message '
+                    'bus does not take them. Past it the oldest are '
+                    'dropped, with an ERROR that counts them. Values '
+                    'outside %d to %d are read as the nearest bound.'
+                    % OUTBOX_MAX_RANGE),
     cfg.StrOpt('state_dir',
                help='Absolute path of the directory for the state that '
                     'survives a nova-compute restart (counter cache). '
@@ -124,6 +134,7 @@ class Settings:
     notification_drivers: tuple
     final_exists_budget: float
     libvirt_stats_workers: int
+    outbox_max_messages: int
     state_dir: str
 
 
@@ -134,6 +145,7 @@ def settings(conf):
                     notification_drivers=notification_drivers(conf),
                     final_exists_budget=final_exists_budget(conf),
                     libvirt_stats_workers=libvirt_stats_workers(conf),
+                    outbox_max_messages=outbox_max_messages(conf),
                     state_dir=state_dir(conf))
 
 
@@ -244,6 +256,12 @@ def final_exists_budget(conf):
     """Seconds, a finite float within BUDGET_RANGE."""
     return float(_number(conf, 'final_exists_budget', DEFAULT_BUDGET,
                          *BUDGET_RANGE))
+
+
+def outbox_max_messages(conf):
+    """An int within OUTBOX_MAX_RANGE."""
+    return _number(conf, 'outbox_max_messages', DEFAULT_OUTBOX_MAX,
+                   *OUTBOX_MAX_RANGE)
 
 
 def libvirt_stats_workers(conf):

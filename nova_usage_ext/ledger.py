@@ -304,7 +304,7 @@ class Ledger:
     """
 
     def __init__(self, store, device_grace=DEFAULT_DEVICE_GRACE,
-                 outbox_max=10000):
+                 outbox_max=100000):
         if device_grace < datetime.timedelta(0):
             raise ValueError('device_grace must not be negative')
         self.store = store

@@ -201,7 +201,9 @@ class UsageService:
     @classmethod
     def from_conf(cls, conf, reader, host, audit_period_start=None):
         settings = usage_conf.settings(conf)
-        book = usage_ledger.Ledger(state.Store(settings.state_dir))
+        book = usage_ledger.Ledger(
+            state.Store(settings.state_dir),
+            outbox_max=settings.outbox_max_messages)
         if audit_period_start is None:
             unit = exists.audit_unit(conf)
 

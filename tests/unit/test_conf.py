@@ -66,6 +66,7 @@ class TestDefaults(ConfTestCase):
             notification_drivers=('messagingv2',),
             final_exists_budget=2.0,
             libvirt_stats_workers=2,
+            outbox_max_messages=100000,
             state_dir='/var/lib/nova/usage_ext'), got)
         self.assertEqual([], self.warnings())
 
@@ -103,6 +104,13 @@ class TestBadValues(ConfTestCase):
             'minimum; using 0.1',
             'WARNING [usage_ext] libvirt_stats_workers = 100 is above the '
             'maximum; using 8']), sorted(self.warnings()))
+
+    def test_outbox_bound_is_clamped(self):
+        conf = self.load('[usage_ext]\noutbox_max_messages = 0\n')
+        self.assertEqual(100, usage_conf.outbox_max_messages(conf))
+        (warning,) = self.warnings()
+        self.assertIn('outbox_max_messages = 0 is below the minimum; '
+                      'using 100', warning)
 
     def test_zero_workers_read_as_one(self):
         conf = self.load('[usage_ext]\nlibvirt_stats_workers = 0\n')
