@@ -14,17 +14,25 @@ This is the only module of the package that imports nova.
 """
 
 import datetime
+import weakref
 
 from nova import conf as nova_conf
 from nova import utils as nova_utils
+from nova.virt import event as virtevent
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_log import log as logging
 
 from nova_usage_ext import service as usage_service
+from nova_usage_ext.virt import driver as usage_driver
 from nova_usage_ext.virt import libvirt as libvirt_usage
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
+
+# The lifecycle events nova's Host passes to its driver after which the
+# set of running domains may differ (nova passes no define/undefine).
+RELIST_TRANSITIONS = frozenset((virtevent.EVENT_LIFECYCLE_STARTED,
+                                virtevent.EVENT_LIFECYCLE_STOPPED))
 
 
 def _nova_audit_period_start(now):
@@ -35,9 +43,26 @@ def _nova_audit_period_start(now):
     return end.replace(tzinfo=datetime.timezone.utc)
 
 
+def _stop(service):
+    """Stop a usage service and release its reader; never raises."""
+    try:
+        service.stop()
+        usage_service.unregister(service)
+        service.reader.close()
+    except Exception:
+        LOG.exception('nova-usage-ext: failed to stop usage reporting')
+
+
 class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
                          libvirt_driver.LibvirtDriver):
-    """nova's libvirt driver, reporting instance usage."""
+    """nova's libvirt driver, reporting instance usage.
+
+    Its usage loop (a daemon thread) stops in ``cleanup_host`` or, when
+    nova never calls it, once nova lets go of the driver; nothing of the
+    package holds the driver.
+    """
+
+    _usage_service = None
 
     def init_host(self, host):
         super().init_host(host)
@@ -48,13 +73,25 @@ class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
                 audit_period_start=_nova_audit_period_start)
             usage_service.register(svc)
             svc.start()
+            self._usage_service = svc
+            weakref.finalize(self, _stop, svc)
         except Exception:
             LOG.exception('nova-usage-ext: usage reporting is off: it failed '
                           'to start')
 
     def cleanup_host(self, host):
-        svc = usage_service.current()
+        svc, self._usage_service = self._usage_service, None
         if svc is not None:
-            svc.stop()
-            usage_service.unregister(svc)
+            _stop(svc)
         super().cleanup_host(host)
+
+    def emit_event(self, event):
+        # nova's Host already gets every lifecycle event of its connection
+        # and hands it here: the reader's domain list follows them instead
+        # of registering a callback of its own on nova's connection.
+        if getattr(event, 'transition', None) in RELIST_TRANSITIONS:
+            reader = getattr(self, '_usage_reader', None)
+            if reader is not None:
+                usage_driver.never_raises('emit_event', None,
+                                          reader.domains_changed)
+        super().emit_event(event)

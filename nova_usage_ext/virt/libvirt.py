@@ -18,8 +18,8 @@ falls back to per-domain calls and says so once in the log.
 This module and ``libvirt_domains`` are the only ones importing libvirt.
 """
 
-import concurrent.futures
 import threading
+import weakref
 
 import libvirt
 from oslo_config import cfg
@@ -186,6 +186,28 @@ class _CachedDomain:
         self.device_names = names
 
 
+class _StatsCall(threading.Thread):
+    """One ``domainListGetStats`` call on a daemon thread of its own."""
+
+    def __init__(self, conn, domains, groups, flags):
+        super().__init__(name='usage-ext-stats', daemon=True)
+        self._call = (conn, domains, groups, flags)
+        self._entries = None
+        self._error = None
+
+    def run(self):
+        conn, domains, groups, flags = self._call
+        try:
+            self._entries = conn.domainListGetStats(domains, groups, flags)
+        except Exception as exc:  # re-raised in the cycle's thread
+            self._error = exc
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._entries
+
+
 class LibvirtUsageReader(base.UsageReader):
     """Usage of nova's guests through one libvirt connection.
 
@@ -194,9 +216,14 @@ class LibvirtUsageReader(base.UsageReader):
         or an adapter over nova's ``Host``).
     :param stats_workers: how many stats calls a cycle may run at once;
         1 makes every cycle one ``getAllDomainStats`` call.
+    :param own_events: watch the connection's lifecycle events for the
+        split cycles' domain list; False where the owner of the connection
+        already gets them and passes them on with ``domains_changed``
+        (nova's driver).
     """
 
-    def __init__(self, connection, stats_workers=DEFAULT_STATS_WORKERS):
+    def __init__(self, connection, stats_workers=DEFAULT_STATS_WORKERS,
+                 own_events=True):
         if stats_workers < 1:
             raise ValueError('stats_workers must be 1 or more, not %r'
                              % (stats_workers,))
@@ -207,10 +234,8 @@ class LibvirtUsageReader(base.UsageReader):
         self._bulk_flags = NOWAIT
         self._fallback_logged = False
         self.stats_workers = stats_workers
-        self._domains = (libvirt_domains.DomainList()
+        self._domains = (libvirt_domains.DomainList(own_events=own_events)
                          if stats_workers > 1 else None)
-        self._pool = None
-        self._pool_lock = threading.Lock()
 
     # -- the contract ------------------------------------------------------
 
@@ -264,13 +289,16 @@ class LibvirtUsageReader(base.UsageReader):
                 raise base.InstanceNotFound('no domain %s on this host' % uuid)
             self._host_error(exc, 'read domain %s' % uuid)
 
+    def domains_changed(self):
+        """A domain was defined, undefined, started or stopped: the next
+        cycle lists the domains again (for readers with ``own_events``
+        False)."""
+        if self._domains is not None:
+            self._domains.changed()
+
     def close(self):
         if self._domains is not None:
             self._domains.close()
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
         self._connection.reset()
 
     # -- helpers -----------------------------------------------------------
@@ -330,30 +358,26 @@ class LibvirtUsageReader(base.UsageReader):
         return [domains[i::calls] for i in range(calls)]
 
     def _stats_in_parallel(self, conn, parts, groups):
-        # The calling thread reads the first part; pool threads the others.
-        # libvirt-python lets the GIL go during each call.
-        pool = self._executor()
-        futures = [pool.submit(conn.domainListGetStats, part, groups,
-                               self._bulk_flags) for part in parts[1:]]
+        # The calling thread reads the first part, a thread of its own each
+        # other part; libvirt-python lets the GIL go during each call. The
+        # threads are daemons, started per cycle: none outlives the cycle
+        # or keeps the process from exiting.
+        calls = [_StatsCall(conn, part, groups, self._bulk_flags)
+                 for part in parts[1:]]
+        for call in calls:
+            call.start()
         try:
             entries = list(conn.domainListGetStats(parts[0], groups,
                                                    self._bulk_flags))
         finally:
             # Never leave a call running past the cycle, even on error.
-            concurrent.futures.wait(futures)
-        for future in futures:
-            entries.extend(future.result())
+            for call in calls:
+                call.join()
+        for call in calls:
+            entries.extend(call.result())
         LOG.debug('Read %d listed domains in %d concurrent stats calls',
                   sum(len(part) for part in parts), len(parts))
         return entries
-
-    def _executor(self):
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self.stats_workers - 1,
-                    thread_name_prefix='usage-ext-stats')
-            return self._pool
 
     def _one_domain_stats(self, conn, dom, kinds):
         """Bulk stats of one domain: the same source as ``read_all``, so
@@ -560,14 +584,22 @@ class LibvirtUsageReader(base.UsageReader):
 
 
 class NovaHostConnection:
-    """Adapts nova's libvirt ``Host``, which reconnects by itself."""
+    """Adapts nova's libvirt ``Host``, which reconnects by itself.
+
+    The ``Host`` is held weakly: nova's ``Host`` holds its driver (its event
+    handlers are the driver's methods), and nothing of the package may
+    keep nova's driver alive once nova let it go.
+    """
 
     def __init__(self, host):
-        self._host = host
+        self._host = weakref.ref(host)
 
     def get(self):
+        host = self._host()
+        if host is None:
+            raise base.HypervisorUnavailable("nova's libvirt driver is gone")
         try:
-            return self._host.get_connection()
+            return host.get_connection()
         except Exception as exc:  # nova's HypervisorUnavailable and kin
             raise base.HypervisorUnavailable(
                 'nova has no libvirt connection: %s' % exc)
@@ -588,10 +620,12 @@ class LibvirtUsageMixin(driver.UsageDriverMixin):
     def usage_reader(self):
         reader = getattr(self, '_usage_reader', None)
         if reader is None:
-            # nova-compute runs libvirt's event loop and owns the connection.
+            # nova-compute runs libvirt's event loop and owns the connection;
+            # its Host gets the lifecycle events (see domains_changed).
             reader = LibvirtUsageReader(
                 NovaHostConnection(self._host),
-                stats_workers=configured_stats_workers(cfg.CONF))
+                stats_workers=configured_stats_workers(cfg.CONF),
+                own_events=False)
             self._usage_reader = reader
         return reader
 

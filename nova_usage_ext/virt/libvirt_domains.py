@@ -14,9 +14,14 @@ events report no domain defined, undefined, started or stopped (and at most
 stats call on a listed domain returns its current id and state (a restart
 needs no new list), and libvirt skips listed domains that are gone.
 
-Events need an event loop. nova-compute runs libvirt's default one; outside
-nova, ``ensure_event_loop`` starts it before the connection is opened.
-Where no events can be had, every cycle is one full call, as before.
+Events need an event loop. Outside nova, ``ensure_event_loop`` starts
+libvirt's default one before the connection is opened, and the list
+registers its own lifecycle callback. Inside nova-compute the list watches
+nothing itself (``own_events=False``): nova's ``Host`` already receives
+every lifecycle event of its connection and hands each to its driver's
+``emit_event``, which passes it on with ``changed()``; a second callback on
+nova's connection would only duplicate that traffic. Where no events can
+be had, every cycle is one full call, as before.
 """
 
 import threading
@@ -68,10 +73,15 @@ class DomainList:
     ``begin_listing`` before a full stats call and ``store`` after it keep
     the list; ``current`` gives it back, or None when a full call is due.
     An event that arrives while a listing is under way voids that listing.
+
+    :param own_events: register a lifecycle callback on each connection
+        listed; False when the owner reports changes with ``changed()``.
     """
 
-    def __init__(self, max_age=MAX_AGE, clock=time.monotonic):
+    def __init__(self, max_age=MAX_AGE, clock=time.monotonic,
+                 own_events=True):
         self.max_age = max_age
+        self.own_events = own_events
         self._clock = clock
         self._lock = threading.Lock()
         self._conn = None
@@ -83,7 +93,7 @@ class DomainList:
 
     @property
     def watching(self):
-        return self._callback is not None
+        return not self.own_events or self._callback is not None
 
     def current(self, conn):
         """The last list of ``conn``'s domains, or None if it may be stale."""
@@ -102,6 +112,13 @@ class DomainList:
             self._watch(conn)
         with self._lock:
             return self._changes if self.watching else None
+
+    def changed(self):
+        """The set of domains may have changed: the next cycle lists them.
+        """
+        with self._lock:
+            self._changes += 1
+            self._domains = None
 
     def store(self, token, domains):
         """Keep ``domains`` as the list, unless an event came meanwhile."""
@@ -122,30 +139,31 @@ class DomainList:
 
     def _on_lifecycle(self, _conn, _dom, event, _detail, _opaque):
         if event in RELIST_EVENTS:
-            with self._lock:
-                self._changes += 1
-                self._domains = None
+            self.changed()
 
     def _watch(self, conn):
         self._unwatch()
-        callback = None
-        try:
-            # The older registration call: libvirt takes one lifecycle
-            # callback for all domains per connection through
-            # domainEventRegisterAny, and nova's connection has nova's.
-            conn.domainEventRegister(self._on_lifecycle, None)
-            callback = self._on_lifecycle
-        except libvirt.libvirtError as exc:
-            if not self._no_events_logged:
-                self._no_events_logged = True
-                LOG.info('libvirt gives no domain events on this connection '
-                         '(%s); each cycle reads all domains in one call',
-                         exc.get_error_message())
+        callback = self._register(conn) if self.own_events else None
         with self._lock:
             self._conn = conn
             self._callback = callback
             self._domains = None
             self._changes += 1
+
+    def _register(self, conn):
+        try:
+            # The older registration call: libvirt takes one lifecycle
+            # callback for all domains per connection through
+            # domainEventRegisterAny.
+            conn.domainEventRegister(self._on_lifecycle, None)
+            return self._on_lifecycle
+        except Exception as exc:  # libvirtError, or a connection without
+            if not self._no_events_logged:
+                self._no_events_logged = True
+                LOG.info('libvirt gives no domain events on this connection '
+                         '(%s); each cycle reads all domains in one call',
+                         getattr(exc, 'get_error_message', exc.__str__)())
+            return None
 
     def _unwatch(self):
         with self._lock:
@@ -154,5 +172,5 @@ class DomainList:
         if conn is not None and callback is not None:
             try:
                 conn.domainEventDeregister(callback)
-            except libvirt.libvirtError:
+            except Exception:
                 pass  # the connection is gone, and its callbacks with it

@@ -24,7 +24,9 @@ What is replaced, and why:
   worker that blocks forever on a queue in nova's thread pool, whose exit
   handler then waits for it, so the test process would never exit; nova's
   ``Host.cleanup`` stops neither. Everything else of ``init_host`` runs
-  against the real libvirtd; the usage extension uses no libvirt events.
+  against the real libvirtd; the usage extension registers no libvirt
+  event callback of its own (it follows what nova's Host passes to the
+  driver's ``emit_event``).
 * ``driver.destroy`` is wrapped (the real one runs) only to read the guest's
   counters through libvirt right before nova destroys it.
 
@@ -35,6 +37,7 @@ and versioned exists of one period, and an audit period with an offset.
 import datetime
 import logging
 import os
+import subprocess
 import sys
 import time
 
@@ -68,7 +71,9 @@ from nova.tests.fixtures import libvirt as nova_libvirt_fixtures  # noqa: E402
 from nova import utils as nova_utils  # noqa: E402
 import nova.virt  # noqa: E402
 from nova.virt import driver as virt_driver  # noqa: E402
+from nova.virt import event as virtevent  # noqa: E402
 from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
+from nova.virt.libvirt import host as nova_host  # noqa: E402
 from nova.virt import virtapi  # noqa: E402
 
 from nova_usage_ext import compute as usage_compute  # noqa: E402
@@ -214,10 +219,11 @@ class TestNovaLoadsTheDriver(NovaTestCase):
             [{'instance': instance, 'instance_bdms': [bdm]}])
         after = per_domain(dom, guest)
 
-        # nova's own get_info ran (its InstanceInfo, its power state).
+        # nova's own get_info ran (its InstanceInfo, its power state); no
+        # usage service runs (no init_host), so no reading: no cpu time,
+        # and no libvirt call of the package's own to get one.
         self.assertEqual(power_state.RUNNING, info.state)
-        self.assert_between(before['cpu'], info.cpu_time_ns, after['cpu'],
-                            'get_info cpu_time_ns')
+        self.assertIsNone(info.cpu_time_ns)
         for index, field in enumerate(BLOCK_FIELDS):
             self.assert_between(before['disk'][index], block[index],
                                 after['disk'][index], 'block_stats ' + field)
@@ -240,20 +246,27 @@ class TestNovaLoadsTheDriver(NovaTestCase):
             self.assert_between(before['disk'][index], volume[key],
                                 after['disk'][index], 'volume ' + key)
 
-    def test_split_cycles_on_novas_connection_beside_novas_callbacks(self):
+    def test_split_cycles_follow_the_events_nova_gets(self):
         # nova's Host registers its lifecycle callback on its connection
-        # with domainEventRegisterAny; the reader's own must not collide,
-        # and nova's must still get every event. The fixture stops nova's
-        # _init_events, which would have started libvirt's event loop:
-        # start that loop as nova would, before nova connects, and record
-        # what nova's callback receives (its dispatcher is not running).
+        # and hands each event to its driver's emit_event: the reader's
+        # domain list follows those, with no callback of its own on nova's
+        # connection. The fixture stops nova's _init_events, which would
+        # have started libvirt's event loop and the executor that delays
+        # nova's STOPPED events by 15 s: start the loop as nova would,
+        # before nova connects, and let nova's Host emit without the delay.
         nova_libvirt_fixtures.disable_event_thread(self)
         libvirt_usage.libvirt_domains.ensure_event_loop()
         nova_events = []
-        self.useFixture(fixtures.MockPatch(
-            'nova.virt.libvirt.host.Host._event_lifecycle_callback',
-            side_effect=lambda conn, dom, event, detail, host:
-                nova_events.append((dom.UUIDString(), event))))
+        emit = nova_host.Host._event_emit
+
+        def emit_now(host, event):
+            nova_events.append((event.uuid, event.transition))
+            emit(host, event)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.host.Host._event_emit_delayed', emit_now))
+        own_callbacks = self.useFixture(fixtures.MockPatchObject(
+            libvirt.virConnect, 'domainEventRegister')).mock
         guests = self.useFixture(qemu_fixtures.QemuGuests(8))
         ours = {g.uuid for g in guests.guests}
         driver = self.load()
@@ -270,7 +283,6 @@ class TestNovaLoadsTheDriver(NovaTestCase):
                             'no split cycle within 30 s')
             self.assertTrue(ours <= {u.uuid for u in reader.read_all()})
             time.sleep(0.05)
-        self.assertNotIn('no domain events', self.log.output)
 
         (late,) = self.useFixture(qemu_fixtures.QemuGuests(1)).guests
         deadline = time.monotonic() + 10
@@ -278,8 +290,9 @@ class TestNovaLoadsTheDriver(NovaTestCase):
             self.assertLess(time.monotonic(), deadline,
                             'a started guest was not read within 10 s')
             time.sleep(0.1)
-        self.assertIn((late.uuid, libvirt.VIR_DOMAIN_EVENT_STARTED),
+        self.assertIn((late.uuid, virtevent.EVENT_LIFECYCLE_STARTED),
                       nova_events)
+        self.assertFalse(own_callbacks.called)
 
 
 def close_nova_connection(driver):
@@ -560,6 +573,72 @@ class TestTerminateInstanceVersionedOnly(NovaComputeTestCase):
         # Read before nova destroyed the guest: at least what it had used
         # before the delete began.
         self.assertGreaterEqual(usage['cpu_time_ns'], before['cpu'])
+
+
+class TestGetInfo(NovaComputeTestCase):
+    """nova's power-state path: get_info answers from the usage loop's
+    last reading and makes no libvirt call of the package's own."""
+
+    def test_cpu_time_from_the_last_reading(self):
+        reads = []
+        for name in ('read_host', 'read_instance'):
+            self.useFixture(fixtures.MockPatchObject(
+                self.service.reader, name,
+                side_effect=lambda *a, **k: reads.append(a)))
+        state = self.compute._get_power_state(self.instance)
+        info = self.driver.get_info(self.instance, use_cache=False)
+        self.assertEqual(power_state.RUNNING, state)
+        self.assertEqual(self.service.latest(self.guest.uuid).cpu_time_ns,
+                         info.cpu_time_ns)
+        self.assertGreater(info.cpu_time_ns, 0)
+        self.assertEqual([], reads)
+
+
+class TestNovaComputeExits(NovaTestCase):
+    """A nova-compute that fails after init_host, and so never calls
+    cleanup_host, exits: the usage loop is a daemon thread."""
+
+    def test_exit_without_cleanup_host(self):
+        self.useFixture(qemu_fixtures.LibvirtDaemon())
+        code = PROCESS_EXITS % {
+            'driver': DRIVER, 'uri': qemu_fixtures.URI,
+            'state': self.state_path, 'host': self.host}
+        result = subprocess.run([sys.executable, '-c', code],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(3, result.returncode, result.stderr[-3000:])
+        self.assertIn("'usage-ext-poll'", result.stdout)
+
+
+# nova's own loader and init_host against the real libvirtd, then the
+# process ends without cleanup_host. nova's Host._init_events is replaced
+# as nova's tests do: its own connection-event worker would keep the
+# process alive (see the module docstring), which is nova's, not the
+# package's.
+PROCESS_EXITS = """
+import os, sys, threading
+os.environ['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = '1'
+from unittest import mock
+import nova.conf
+from nova import objects
+from nova.virt import driver, virtapi
+from nova_usage_ext import service
+CONF = nova.conf.CONF
+CONF([], project='nova', default_config_files=[])
+objects.register_all()
+CONF.set_override('compute_driver', %(driver)r)
+CONF.set_override('host', %(host)r)
+CONF.set_override('state_path', %(state)r)
+CONF.set_override('instances_path', os.path.join(%(state)r, 'instances'))
+CONF.set_override('connection_uri', %(uri)r, group='libvirt')
+CONF.set_override('virt_type', 'qemu', group='libvirt')
+with mock.patch('nova.virt.libvirt.host.Host._init_events'):
+    drv = driver.load_compute_driver(virtapi.VirtAPI(), %(driver)r)
+    drv.init_host(%(host)r)
+svc = service.current()
+assert svc is not None and svc._loop.running, 'no usage loop'
+print(sorted(t.name for t in threading.enumerate()))
+sys.exit(3)
+"""
 
 
 class TestPollVolumeUsage(NovaComputeTestCase):

@@ -49,10 +49,11 @@ class SplitTestCase(testtools.TestCase):
         return self.useFixture(libvirt_node.TestNode(
             [libvirt_node.nova_test_domain(i) for i in range(count)]))
 
-    def make_reader(self, conn, workers=2):
+    def make_reader(self, conn, workers=2, own_events=True):
         counting = libvirt_calls.CountingConnection(conn)
         reader = libvirt_usage.LibvirtUsageReader(
-            libvirt_calls.StaticConnection(counting), stats_workers=workers)
+            libvirt_calls.StaticConnection(counting), stats_workers=workers,
+            own_events=own_events)
         self.addCleanup(reader.close)
         return reader, counting
 
@@ -265,6 +266,60 @@ class TestSplitCycles(SplitTestCase):
         reader.read_all()
         reader.close()
         self.assertEqual(1, counting.calls['domainEventDeregister'])
+
+    def test_stats_calls_run_on_daemon_threads_that_end_with_the_cycle(self):
+        node = self.make_node(8)
+        real = node.conn.domainListGetStats
+        threads = []
+
+        class Spy:
+            def domainListGetStats(self, *args):
+                threads.append(threading.current_thread())
+                return real(*args)
+
+            def __getattr__(self, name):
+                return getattr(node.conn, name)
+
+        reader, counting = self.make_reader(Spy())
+        reader.read_all()
+        reader.read_all()
+        self.assertEqual(2, len(threads))
+        self.assertIn(threading.current_thread(), threads)
+        (other,) = set(threads) - {threading.current_thread()}
+        self.assertTrue(other.daemon)
+        self.assertEqual('usage-ext-stats', other.name)
+        self.assertFalse(other.is_alive())
+
+
+class TestEventsFromTheOwner(SplitTestCase):
+    """Inside nova the reader registers no callback on nova's connection:
+    nova's Host gets the events and its driver passes them on."""
+
+    def test_no_callback_of_its_own_and_split_cycles(self):
+        node = self.make_node(8)
+        reader, counting = self.make_reader(node.conn, own_events=False)
+        uuids, calls = self.cycle(reader, counting)
+        self.assertEqual({'getAllDomainStats': 1}, calls)
+        uuids, calls = self.cycle(reader, counting)
+        self.assertEqual({'domainListGetStats': 2}, calls)
+        reader.close()
+        self.assertNotIn('domainEventDeregister', counting.calls)
+
+    def test_a_change_passed_on_lists_the_domains_again(self):
+        node = self.make_node(8)
+        reader, counting = self.make_reader(node.conn, own_events=False)
+        self.cycle(reader, counting)
+        node.conn.defineXML(libvirt_node.nova_test_domain(8)).create()
+        # No event of its own: the list stands until the owner says.
+        uuids, calls = self.cycle(reader, counting)
+        self.assertNotIn(_uuid(8), uuids)
+        reader.domains_changed()
+        uuids, calls = self.cycle(reader, counting)
+        self.assertEqual({'getAllDomainStats': 1}, calls)
+        self.assertIn(_uuid(8), uuids)
+        uuids, calls = self.cycle(reader, counting)
+        self.assertEqual({'domainListGetStats': 2}, calls)
+        self.assertIn(_uuid(8), uuids)
 
 
 class TestDomainList(SplitTestCase):
