@@ -20,6 +20,7 @@ from nova_usage_ext import ledger
 from nova_usage_ext import state
 from nova_usage_ext.objects import usage as usage_objects
 from nova_usage_ext import service as usage_service
+from nova_usage_ext.virt import base
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests import libvirt_node
 from tests.functional import bus
@@ -140,26 +141,47 @@ class TestPassThrough(HookTestCase):
 
 class TestExists(HookTestCase):
 
-    def test_legacy_exists_carries_cached_usage(self):
-        self.service.poll()
-        before = self.dom(UUID0).info()[4]
+    def exists_usage(self, uuid=UUID0):
         self.notifier().info({}, 'compute.instance.exists', legacy_payload(
-            UUID0, audit_period_beginning='2026-11-22 09:00:00',
+            uuid, audit_period_beginning='2026-11-22 09:00:00',
             audit_period_ending='2026-11-22 10:00:00'))
         (message,) = self.listener.wait_for(1)
-        payload = message['payload']
         self.assertEqual('2026-11-22 10:00:00',
-                         payload['audit_period_ending'])
-        usage = payload['usage']
+                         message['payload']['audit_period_ending'])
+        usage = message['payload']['usage']
         self.assertEqual('InstanceUsagePayload', usage['nova_object.name'])
-        data = usage['nova_object.data']
+        return usage['nova_object.data']
+
+    def test_legacy_exists_carries_usage_read_for_it(self):
+        # nova sends exists of the current period right before rebuild,
+        # rescue or shelve end the guest's process: the last poll is old.
+        self.service.poll()
+        polled = self.service.latest(UUID0).cpu_time_ns
+        before = self.dom(UUID0).info()[4]
+        data = self.exists_usage()
+        after = self.dom(UUID0).info()[4]
         self.assertEqual(UUID0, data['instance_uuid'])
-        self.assertEqual('cache', data['source'])
+        self.assertEqual('hypervisor', data['source'])
         self.assertFalse(data['final'])
-        self.assertLessEqual(data['cpu_time_ns'], before)
+        self.assertTrue(before <= data['cpu_time_ns'] <= after)
+        self.assertGreater(data['cpu_time_ns'], polled)
+        # Its first period: everything since the guest started here.
         period = data['period']['nova_object.data']
         self.assertEqual(data['cpu_time_ns'], period['cpu_time_ns'])
         self.assertIsNone(period['period_beginning'])
+
+    def test_exists_carries_the_last_poll_when_the_read_fails(self):
+        self.service.poll()
+        polled = self.service.latest(UUID0)
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_instance',
+            side_effect=base.UsageReaderError('libvirt: timed out')))
+        data = self.exists_usage()
+        self.assertEqual('cache', data['source'])
+        self.assertEqual(polled.cpu_time_ns, data['cpu_time_ns'])
+        self.assertEqual(polled.cpu_time_ns, data['period'][
+            'nova_object.data']['cpu_time_ns'])
+        self.assertIn('libvirt: timed out', self.log.output)
 
     def test_instances_found_by_a_new_deployment_count_from_then(self):
         # The first poll of a fresh state (the package was just deployed):
@@ -249,6 +271,7 @@ class TestFinalExists(HookTestCase):
         self.assertEqual(UUID0, payload['instance_id'])
         self.assertEqual('p' * 32, payload['tenant_id'])
         self.assertIn('audit_period_beginning', payload)
+        self.assertEqual('deleted', payload['final_reason'])
         data = payload['usage']['nova_object.data']
         self.assertTrue(data['final'])
         self.assertEqual('hypervisor', data['source'])
@@ -270,6 +293,26 @@ class TestFinalExists(HookTestCase):
                           'compute.instance.delete.start',
                           'instance.delete.start'], events)
         self.assertEqual(3, len(messages))
+
+    def test_leaving_by_migration_or_shelve_offload_gets_a_final(self):
+        self.service.poll()
+        notifier = self.notifier()
+        for uuid, event, reason in (
+                (UUID0, 'compute.instance.live_migration._post.start',
+                 'migrated'),
+                (UUID1, 'compute.instance.shelve_offload.end',
+                 'shelved_offloaded')):
+            notifier.info({}, event, legacy_payload(uuid))
+            final, passed = self.listener.wait_for(2)
+            with self.listener.endpoint.cond:
+                self.listener.endpoint.messages.clear()
+            self.assertEqual(('compute.instance.exists', event),
+                             (final['event_type'], passed['event_type']))
+            self.assertEqual(reason, final['payload']['final_reason'])
+            self.assertEqual(uuid, final['payload']['instance_id'])
+            self.assertTrue(
+                final['payload']['usage']['nova_object.data']['final'])
+            self.assertTrue(self.service.ledger.is_closed(uuid))
 
     def test_versioned_only_deployment_gets_a_legacy_final_exists(self):
         _b, _a, (final, delete) = self._final_and_delete(
