@@ -215,3 +215,75 @@ class TestNotHere(HookTestCase):
         self.assertEqual([msg], self.nova_sent())
         self.assertNotIn('ERROR', self.log.output)
         self.assertNotIn('Traceback', self.log.output)
+
+
+def _legacy_exists(uuid):
+    return {'message_id': 'nova-exists-%s' % uuid,
+            'event_type': 'compute.instance.exists',
+            'publisher_id': 'compute.compute-1', 'priority': 'INFO',
+            'payload': {'instance_id': uuid, 'host': 'compute-1',
+                        'audit_period_beginning': '2026-01-01 00:00:00',
+                        'audit_period_ending': '2026-01-01 01:00:00'},
+            'timestamp': '2026-01-01 01:00:01'}
+
+
+class TestExists(HookTestCase):
+
+    def test_usage_rides_in_nova_s_exists_with_nova_s_retry(self):
+        self.start()
+        for retry in (-1, 0):
+            _impl_test.reset()
+            self.driver.notify({}, _legacy_exists(self.uuids[retry + 1]),
+                               'INFO', retry)
+            ((_ctxt, sent, _prio, used_retry),) = _impl_test.NOTIFICATIONS
+            self.assertEqual(retry, used_retry)
+            self.assertIn('period', sent['payload']['usage'][
+                'nova_object.data'])
+        # Sent on nova's path: nothing left for the package to send.
+        self.assertEqual(0, self.service.ledger.store.outbox_size())
+        self.assertEqual([], self.sends.sent)
+
+    def test_a_driver_raising_on_nova_s_exists_leaves_it_to_the_outbox(self):
+        self.start()
+        real = _impl_test.TestDriver.notify
+
+        def refuse_exists(driver, ctxt, message, priority, retry):
+            if message['event_type'] == 'compute.instance.exists':
+                raise oslo_messaging.MessageDeliveryFailure('no broker')
+            return real(driver, ctxt, message, priority, retry)
+        self.useFixture(fixtures.MockPatchObject(
+            _impl_test.TestDriver, 'notify', refuse_exists))
+        msg = _legacy_exists(self.uuids[0])
+        self.driver.notify({}, msg, 'INFO', 0)
+        self.assertIn('Problem', self.log.output)
+        # The package sends it again, the same message with its usage.
+        self.wait_for(lambda: len(self.sends.sent) == 1)
+        (resent,) = self.sends.sent
+        self.assertEqual(msg['message_id'], resent['message_id'])
+        self.assertIn('usage', resent['payload'])
+        self.wait_for(
+            lambda: self.service.ledger.store.outbox_size() == 0)
+
+    def test_nova_s_other_notifications_pass_untouched(self):
+        self.start()
+        msg = {'message_id': 'x', 'event_type': 'compute.instance.update',
+               'payload': {'instance_id': self.uuids[0]}}
+        self.driver.notify({'user': 'u'}, msg, 'INFO', -1)
+        self.assertEqual([({'user': 'u'}, msg, 'INFO', -1)],
+                         _impl_test.NOTIFICATIONS)
+
+
+class TestMisconfigured(HookTestCase):
+
+    def test_a_zero_budget_or_no_driver_never_drops_nova_s_notifications(
+            self):
+        self.conf.set_override('final_exists_budget', 0, group='usage_ext')
+        self.conf.set_override('notification_drivers', ['nova_usage_ext'],
+                               group='usage_ext')
+        self.start()
+        self.assertEqual(0.1, self.driver.budget)
+        # No real driver named: messagingv2 stands in (logged), and the
+        # driver loaded, so nova's messages are passed on.
+        self.assertEqual(['messagingv2'],
+                         [e.name for e in self.driver._drivers.extensions])
+        self.assertIn('names no driver', self.log.output)
