@@ -524,8 +524,25 @@ class TestTerminateInstance(NovaComputeTestCase):
         self.assert_counters_between(before, usage, at_destroy, guest)
         self.assertGreater(usage['disks'][0]['nova_object.data'][
             'read_requests'], 0)
-        # The deleted instance is no longer cached.
+        # Billed: what the guest used since the package's first read (its
+        # state started empty: usage before that is not its to bill).
+        period = usage['period']['nova_object.data']
+        self.assertEqual(usage['cpu_time_ns'] - self.cached.cpu_time_ns,
+                         period['cpu_time_ns'])
+        self.assertEqual(self.cached.read_at.strftime('%Y-%m-%dT%H:%M:%SZ'),
+                         period['period_beginning'])
+        # Its state stays until a read of the host no longer lists it (a
+        # delete that fails leaves the guest running), then goes without
+        # a second final.
+        self.assertTrue(self.service.ledger.is_closed(guest.uuid))
+        self.service.poll()
         self.assertIsNone(self.service.latest(guest.uuid))
+        self.assertIsNone(self.service.ledger.totals(guest.uuid))
+        self.assertEqual(0, self.service.ledger.store.outbox_size())
+        time.sleep(0.3)
+        self.assertEqual(DELETE_SEQUENCE, [
+            m['event_type'] for m in self.listener.messages
+            if message_uuid(m) == guest.uuid])
 
 
 class TestTerminateInstanceVersionedOnly(NovaComputeTestCase):
@@ -677,12 +694,15 @@ class TestPollVolumeUsage(NovaComputeTestCase):
 
 class TestInstanceUsageAudit(NovaComputeTestCase):
 
-    def test_audit_exists_carries_the_cached_usage(self):
+    def test_audit_exists_carries_usage_read_for_it(self):
         guest = self.guest
         self.flags.config(instance_usage_audit=True,
                           instance_usage_audit_period='hour')
+        before = per_domain(self.dom, guest)
 
         self.compute._instance_usage_audit(self.context)
+
+        after = per_domain(self.dom, guest)
 
         self.wait_for_event('instance.exists')
         # The hook sends instance.usage right after passing instance.exists
@@ -703,18 +723,16 @@ class TestInstanceUsageAudit(NovaComputeTestCase):
         self.assertEqual(datetime.timedelta(hours=1), ending - beginning)
         usage = payload['usage']['nova_object.data']
         self.assertEqual(guest.uuid, usage['instance_uuid'])
-        self.assertEqual('cache', usage['source'])
+        # Read for the exists, not the last poll (minutes old).
+        self.assertEqual('hypervisor', usage['source'])
         self.assertIs(False, usage['final'])
-        # What the service's first poll read.
-        self.assertEqual(self.cached.cpu_time_ns, usage['cpu_time_ns'])
-        self.assertEqual(
-            [(i.name, i.rx_bytes, i.tx_bytes)
-             for i in self.cached.interfaces],
-            [(i['nova_object.data']['name'],
-              i['nova_object.data']['rx_bytes'],
-              i['nova_object.data']['tx_bytes'])
-             for i in usage['interfaces']])
-        self.assertIsNotNone(usage['period'])
+        self.assert_counters_between(before, usage, after, guest)
+        # The period: since the package's first read (a fresh state).
+        period = usage['period']['nova_object.data']
+        self.assertEqual(usage['cpu_time_ns'] - self.cached.cpu_time_ns,
+                         period['cpu_time_ns'])
+        self.assertEqual(self.cached.read_at.strftime('%Y-%m-%dT%H:%M:%SZ'),
+                         period['period_beginning'])
 
         self.assertEqual('nova-compute:%s' % self.host,
                          versioned['publisher_id'])
