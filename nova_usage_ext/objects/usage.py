@@ -32,6 +32,12 @@ def _set_present(obj, record, names):
             setattr(obj, name, value)
 
 
+def _counter_fields(names):
+    # The fields of counters, from the one list of names in the reader
+    # contract (virt/base.py).
+    return {name: fields.NonNegativeIntegerField() for name in names}
+
+
 def _wire_time(cls, name, value):
     if value is None:
         return None
@@ -47,12 +53,7 @@ class DiskUsagePayload(base.UsageObject):
 
     fields = {
         'device': fields.StringField(),
-        'read_bytes': fields.NonNegativeIntegerField(),
-        'read_requests': fields.NonNegativeIntegerField(),
-        'write_bytes': fields.NonNegativeIntegerField(),
-        'write_requests': fields.NonNegativeIntegerField(),
-        'errors': fields.NonNegativeIntegerField(),
-        'capacity_bytes': fields.NonNegativeIntegerField(),
+        **_counter_fields(COUNTERS),
     }
 
     @classmethod
@@ -84,10 +85,7 @@ class AttachedVolumeUsagePayload(base.UsageObject):
     fields = {
         'volume_id': fields.StringField(),
         'device': fields.StringField(),
-        'read_bytes': fields.NonNegativeIntegerField(),
-        'read_requests': fields.NonNegativeIntegerField(),
-        'write_bytes': fields.NonNegativeIntegerField(),
-        'write_requests': fields.NonNegativeIntegerField(),
+        **_counter_fields(COUNTERS),
     }
 
     @classmethod
@@ -113,14 +111,7 @@ class InterfaceUsagePayload(base.UsageObject):
     fields = {
         'name': fields.StringField(),
         'mac': fields.StringField(nullable=True),
-        'rx_bytes': fields.NonNegativeIntegerField(),
-        'rx_packets': fields.NonNegativeIntegerField(),
-        'rx_errors': fields.NonNegativeIntegerField(),
-        'rx_drops': fields.NonNegativeIntegerField(),
-        'tx_bytes': fields.NonNegativeIntegerField(),
-        'tx_packets': fields.NonNegativeIntegerField(),
-        'tx_errors': fields.NonNegativeIntegerField(),
-        'tx_drops': fields.NonNegativeIntegerField(),
+        **_counter_fields(COUNTERS),
     }
 
     @classmethod
@@ -146,7 +137,7 @@ class PeriodUsagePayload(base.UsageObject):
     """Usage since the start of the audit period, safe across resets.
 
     Unlike the raw counters, these never go down when a guest restarts:
-    the counter cache adds what was counted after a reset.
+    the ledger adds what was counted after a reset.
     """
     # Version 1.0: initial version
     # Version 1.1: added vcpu_time_ns
@@ -154,8 +145,7 @@ class PeriodUsagePayload(base.UsageObject):
 
     fields = {
         'period_beginning': fields.DateTimeField(nullable=True),
-        'cpu_time_ns': fields.NonNegativeIntegerField(),
-        'vcpu_time_ns': fields.NonNegativeIntegerField(),
+        **_counter_fields(virt_base.CPU_COUNTERS),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
         'interfaces': fields.ListOfObjectsField('InterfaceUsagePayload'),
     }
@@ -183,14 +173,14 @@ class PeriodUsagePayload(base.UsageObject):
                    for name, disk in sorted(period.disks.items())],
             interfaces=[InterfaceUsagePayload.from_counters(name, iface)
                         for name, iface in sorted(period.interfaces.items())])
-        _set_present(obj, period, ('cpu_time_ns', 'vcpu_time_ns'))
+        _set_present(obj, period, virt_base.CPU_COUNTERS)
         return obj
 
     @classmethod
     def wire_from_counters(cls, period):
         data = {'period_beginning': _wire_time(cls, 'period_beginning',
                                                period.period_start)}
-        _present(period, ('cpu_time_ns', 'vcpu_time_ns'), data)
+        _present(period, virt_base.CPU_COUNTERS, data)
         data['disks'] = [DiskUsagePayload.wire_from(name, disk)
                          for name, disk in sorted(period.disks.items())]
         data['interfaces'] = [
@@ -220,8 +210,7 @@ class InstanceUsagePayload(base.UsageObject):
         'host': fields.StringField(nullable=True),
         'flavor_name': fields.StringField(nullable=True),
         'power_state': fields.StringField(),
-        'cpu_time_ns': fields.NonNegativeIntegerField(),
-        'vcpu_time_ns': fields.NonNegativeIntegerField(),
+        **_counter_fields(virt_base.CPU_COUNTERS),
         'vcpus': fields.NonNegativeIntegerField(),
         'memory_mb': fields.NonNegativeIntegerField(),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
@@ -283,8 +272,8 @@ class InstanceUsagePayload(base.UsageObject):
                      for d in usage.disks if d.volume_id],
             read_at=usage.read_at,
         )
-        _set_present(obj, usage, ('cpu_time_ns', 'vcpu_time_ns', 'vcpus',
-                                  'memory_mb'))
+        _set_present(obj, usage,
+                     virt_base.CPU_COUNTERS + ('vcpus', 'memory_mb'))
         return obj
 
     @classmethod
@@ -310,8 +299,8 @@ class InstanceUsagePayload(base.UsageObject):
             'flavor_name': usage.flavor.name if usage.flavor else None,
             'power_state': usage.state_name,
         }
-        _present(usage, ('cpu_time_ns', 'vcpu_time_ns', 'vcpus',
-                         'memory_mb'), data)
+        _present(usage, virt_base.CPU_COUNTERS + ('vcpus', 'memory_mb'),
+                 data)
         data['disks'] = [DiskUsagePayload.wire_from(d.device, d)
                          for d in usage.disks]
         data['interfaces'] = [
