@@ -40,25 +40,62 @@ class DriverSender:
         self._topics = topics
         self._names = names
         self._drivers = None
+        self._transport = None
 
     def _load(self):
         # Imported here: only a nova-compute that sends needs them.
         import oslo_messaging
         from stevedore import named
-        transport = oslo_messaging.get_notification_transport(self._conf)
+        self._transport = _FailedSends(
+            oslo_messaging.get_notification_transport(self._conf))
         return named.NamedExtensionManager(
             DRIVER_NAMESPACE, names=self._names, invoke_on_load=True,
             invoke_args=[self._conf],
-            invoke_kwds={'topics': self._topics, 'transport': transport},
+            invoke_kwds={'topics': self._topics,
+                         'transport': self._transport},
             name_order=True)
 
     def __call__(self, entry):
         """:raises Exception: a driver failed to send."""
         if self._drivers is None:
             self._drivers = self._load()
+        self._transport.forget()
         for ext in self._drivers.extensions:
             ext.obj.notify(entry.ctxt, entry.message, entry.priority,
                            SEND_RETRY)
+        self._transport.raise_failure()
+
+
+class _FailedSends:
+    """The package's transport as the drivers see it, keeping the error
+    of a send that failed.
+
+    oslo.messaging's messaging drivers log a failed send and return as if
+    it went out: without this, a message would leave the outbox unsent.
+    """
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._local = threading.local()
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def _send_notification(self, *args, **kwargs):
+        try:
+            return self._transport._send_notification(*args, **kwargs)
+        except Exception as exc:
+            self._local.error = exc
+            raise
+
+    def forget(self):
+        self._local.error = None
+
+    def raise_failure(self):
+        error = getattr(self._local, 'error', None)
+        if error is not None:
+            self._local.error = None
+            raise error
 
 
 class Delivery:
