@@ -14,6 +14,7 @@
 """
 
 import cProfile
+import dataclasses
 import datetime
 import gc
 import io
@@ -54,14 +55,25 @@ def sample_usage(i=0):
 
 
 def sample_period(usage):
-    cache = ledger.Ledger(state.Store(None))
-    earlier = base.InstanceUsage(**{
-        f: getattr(usage, f) for f in usage.__dataclass_fields__})
-    earlier.read_at = usage.read_at - datetime.timedelta(minutes=10)
-    cache.update_one(earlier)
-    cache.start_period(usage.uuid, earlier.read_at)
-    cache.update_one(usage)
-    return cache.period_usage(usage.uuid)
+    """The usage of the current period as the ledger gives it: an exists
+    ten minutes earlier closed the previous one."""
+    book = ledger.Ledger(state.Store(None))
+    second = 10 ** 9
+    earlier = dataclasses.replace(
+        usage, read_at=usage.read_at - datetime.timedelta(minutes=10),
+        cpu_time_ns=usage.cpu_time_ns - 30 * second,
+        vcpu_time_ns=usage.vcpu_time_ns - 29 * second,
+        disks=[dataclasses.replace(d, read_bytes=d.read_bytes - 512)
+               for d in usage.disks],
+        interfaces=[dataclasses.replace(i, rx_bytes=i.rx_bytes - 90)
+                    for i in usage.interfaces])
+    book.update_one(earlier)
+    book.close_period(usage.uuid, earlier.read_at,
+                      lambda period: ({}, {'event_type': 'exists'}, 'INFO'))
+    book.update_one(usage)
+    period = book.period_usage(usage.uuid)
+    assert period.cpu_time_ns == 30 * second, period
+    return period
 
 
 def _per_instance(func, items, repeat):

@@ -142,8 +142,8 @@ def hook_table(hook):
         lines.append('| messagingv2 alone | %s | %s / %s | %d |' % (
             trio(up['base_pass']), _pp(up['base_total'], 'p50'),
             _pp(up['base_total'], 'p99'), up['deletes']))
-        lines.append('| nova_usage_ext → messagingv2, broker up, counter '
-                     'cache of %d instances (budget %.1f s) | %s | %s / %s '
+        lines.append('| nova_usage_ext → messagingv2, broker up, ledger '
+                     'of %d instances (budget %.1f s) | %s | %s / %s '
                      '| %d |' % (
                          up['host_instances'], up['budget_s'],
                          trio(up['ours_pass']),
@@ -165,7 +165,7 @@ def hook_table(hook):
     for up in ups:
         order = up.get('order', {})
         lines.append('On the bus (%d instances): %d of %d deleted instances '
-                     'had their final exists queued before their '
+                     'had their final exists on the bus before their '
                      'delete.start.' % (
                          up['host_instances'],
                          order.get('final_exists_then_delete_start', 0),
@@ -183,22 +183,26 @@ def hook_table(hook):
                              _pp(u['steps'].get(key), 'p99'))
                 for u in ups)))
         lines.append('')
-    hang = hook.get('broker_hanging')
-    if hang and hang.get('gave_up_at_once'):
-        lines.append('With the hanging broker, %d of %d deletes passed at '
-                     'once: %d earlier final-exists sends were still '
-                     'hanging (the hook\'s MAX_IN_FLIGHT), so the hook gave '
-                     'up without waiting.' % (hang['gave_up_at_once'],
-                                              hang['deletes'],
-                                              hang['max_in_flight']))
-    save = hook.get('cache_save')
+    for kind, label in (('refused', 'refusing'), ('hanging', 'hanging')):
+        d = hook.get('broker_' + kind)
+        if not d or 'finals_in_outbox' not in d:
+            continue
+        lines.append('Broker %s: %d of %d final exists waiting in the '
+                     'outbox at the end, %+d threads, %d deletes passed on '
+                     'before half the budget.' % (
+                         label, d['finals_in_outbox'], d['deletes'],
+                         d['threads_added'],
+                         d['passed_before_half_budget']))
+    save = hook.get('ledger_save')
     if save:
-        lines += ['', 'Saving the counter cache (written whole and fsynced '
-                  'after each poll; not in the delete path), ms '
-                  'p50 / p99: ' + ', '.join(
-                      '%s instances %.1f / %.1f (%d kB)' % (
-                          k, v['p50'], v['p99'], v['bytes'] // 1024)
-                      for k, v in save.items())]
+        some = next(iter(save.values()))
+        lines += ['', 'Saving the ledger (SQLite, one transaction fsynced, '
+                  'after each poll; not in the delete path), %d instances '
+                  'held (%d kB of state), ms p50 / p99 by instances changed '
+                  'since the last save: ' % (some['instances'],
+                                             some['bytes'] // 1024) +
+                  ', '.join('%s: %.1f / %.1f' % (k, v['p50'], v['p99'])
+                            for k, v in save.items())]
     return '\n'.join(lines)
 
 
