@@ -121,6 +121,22 @@ class TestFinals(HookTestCase):
         self.assertEqual([_delete_start(self.uuids[0])], self.nova_sent())
         self.assertEqual(0, self.service.ledger.store.outbox_size())
 
+    def test_final_on_the_source_after_a_resize_is_this_hosts(self):
+        # nova sets instance.host to the destination before the source
+        # sends resize.end: the final still reports this host's usage.
+        self.start()
+        resize_end = dict(_delete_start(self.uuids[0]),
+                          event_type='compute.instance.resize.end')
+        resize_end['payload'] = dict(resize_end['payload'],
+                                     host='compute-2')
+        self.driver.notify({}, resize_end, 'INFO', -1)
+        (final,) = self.sends.sent
+        self.assertEqual('migrated', final['payload']['final_reason'])
+        self.assertEqual('compute.compute-1', final['publisher_id'])
+        self.assertEqual('compute-1', final['payload']['host'])
+        self.assertEqual('compute-1', final['payload']['usage'][
+            'nova_object.data']['host'])
+
     def test_broker_refusing_keeps_finals_queued_then_sends_them(self):
         self.start()
         self.sends.mode = 'refuse'
