@@ -1,0 +1,7 @@
+"""nova's ``nova.tests.unit.virt.libvirt.test_driver`` with LibvirtUsageDriver
+in place of LibvirtDriver (see ``substitution``)."""
+
+from tests.nova_driver import substitution
+from nova.tests.unit.virt.libvirt import test_driver  # noqa: I100
+
+load_tests = substitution.substituted(test_driver, globals())
