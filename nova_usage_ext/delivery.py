@@ -112,10 +112,12 @@ class Delivery:
         self._first_pause = first_pause
         self._max_pause = max_pause
         self._cond = threading.Condition()
-        self._busy = set()
         self._wanted = False
         self._stopped = False
         self._thread = None
+        #: False from a failed send until the next one that goes through:
+        #: the hook then does not wait for a delivery that cannot come.
+        self.healthy = True
         self.sent = 0
         self.failed = 0
 
@@ -147,9 +149,12 @@ class Delivery:
             self._cond.notify_all()
 
     def wait_delivered(self, seq, timeout):
-        """Wait until message ``seq`` left the outbox; False on timeout."""
+        """Wait until message ``seq`` left the outbox; False on timeout,
+        at once while the bus is known to be away."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
+            if not self.healthy:
+                return not self.store.is_queued(seq)
             while self.store.is_queued(seq):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -158,14 +163,12 @@ class Delivery:
             return True
 
     def send_here(self, seq, send):
-        """Send queued message ``seq`` in the calling thread with ``send``
-        (nova's own exists, on nova's own path); left to the delivery
-        thread if it fails.
+        """Send queued message ``seq``, queued held, in the calling thread
+        with ``send`` (nova's own exists, on nova's own path); released to
+        the delivery thread if it fails.
 
         :returns: True if sent.
         """
-        with self._cond:
-            self._busy.add(seq)
         ok = False
         try:
             send()
@@ -175,11 +178,11 @@ class Delivery:
                         'in the outbox and is sent again', seq, exc)
         finally:
             with self._cond:
-                self._busy.discard(seq)
                 if ok:
                     self.store.remove(seq)
                     self.sent += 1
                 else:
+                    self.store.release(seq)
                     self._wanted = True
                 self._cond.notify_all()
         return ok
@@ -206,16 +209,24 @@ class Delivery:
                 if outage_logged:
                     LOG.info('nova-usage-ext: messages are delivered again')
                 outage_logged = False
+                self.healthy = True
                 pause = self._first_pause
                 continue
+            self.healthy = False
             if not outage_logged:
                 outage_logged = True
                 LOG.warning('nova-usage-ext: cannot send usage messages; '
                             '%d wait in the outbox and are sent again',
                             self.store.outbox_size())
+            # New messages do not cut the pause short: a burst of deletes
+            # during an outage must not turn into a burst of reconnects.
+            deadline = time.monotonic() + pause
             with self._cond:
-                if not self._stopped:
-                    self._cond.wait(pause)
+                while not self._stopped:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 self._wanted = True
             pause = min(pause * 2, self._max_pause)
 
@@ -234,20 +245,14 @@ class Delivery:
                 with self._cond:
                     if self._stopped:
                         return False
-                    if entry.seq in self._busy:
-                        continue
-                    self._busy.add(entry.seq)
                 try:
                     self._send(entry)
                 except Exception as exc:
                     self.failed += 1
                     LOG.debug('nova-usage-ext: sending message %s failed: '
                               '%s', entry.message_id, exc)
-                    with self._cond:
-                        self._busy.discard(entry.seq)
                     return True
                 with self._cond:
-                    self._busy.discard(entry.seq)
                     self.store.remove(entry.seq)
                     self.sent += 1
                     self._cond.notify_all()

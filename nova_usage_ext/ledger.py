@@ -523,7 +523,7 @@ class Ledger:
                 for dev_name, device in sorted(devices.items()))
         return record
 
-    def close_period(self, uuid, ending, build, final=False):
+    def close_period(self, uuid, ending, build, final=False, held=False):
         """End the instance's current period and queue its message.
 
         In one durable transaction: the message ``build(period)`` returns
@@ -533,6 +533,8 @@ class Ledger:
         :param build: ``period usage -> (ctxt, message, priority)``.
         :param final: the instance leaves the host (deleted, migrated):
             its state is dropped once it is no longer listed.
+        :param held: the caller sends the message itself first; the
+            delivery thread takes it only once released (or restarted).
         :returns: :class:`Queued`, or None when the instance is unknown.
         :raises Exception: whatever ``build`` or the store raise; nothing
             changed then.
@@ -553,7 +555,7 @@ class Ledger:
             try:
                 with self.store.transaction() as tx:
                     seq, dropped = tx.queue(uuid, priority, ctxt, message,
-                                            self.outbox_max)
+                                            self.outbox_max, held=held)
                     self._write(tx, extra=(uuid,))
             except BaseException:
                 starts, instance.period_start, instance.closed = previous

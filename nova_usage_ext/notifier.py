@@ -189,7 +189,7 @@ class UsageNotifierDriver(notifier.Driver):
             return ctxt, built['msg'], priority
 
         usage_wire, seq = service.close_audit_period(uuid, ending, build,
-                                                     source)
+                                                     source, held=True)
         if usage_wire is None:
             # Not an instance of this host (nova audits instances deleted
             # in the period; prep_resize sends one on the destination).

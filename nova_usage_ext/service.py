@@ -346,7 +346,7 @@ class UsageService:
             return (uuid, ending) in self._closed_audits
 
     def close_audit_period(self, uuid, ending, build,
-                           source=exists.SOURCE_CACHE):
+                           source=exists.SOURCE_CACHE, held=False):
         """Close the period that nova's audit exists ending at ``ending``
         reports, once per (instance, ending).
 
@@ -355,6 +355,9 @@ class UsageService:
             the transaction that ends the period.
         :param source: where the last reading comes from (the hook read
             it for this message: ``exists.SOURCE_HYPERVISOR``).
+        :param held: the caller sends the message itself first
+            (``delivery.send_here``), the delivery thread only if that
+            fails.
         :returns: ``(usage wire, seq)``: seq is the queued message's, None
             when another message closed this period already (nova's
             other format) and the same usage is reported again; ``(None,
@@ -379,14 +382,15 @@ class UsageService:
                 return build(wire['usage'])
 
             queued = self.ledger.close_period(
-                uuid, ending or base.utcnow(), build_with_usage)
+                uuid, ending or base.utcnow(), build_with_usage, held=held)
             if queued is None:
                 return None, None
             self._closed_audits = {
                 k: v for k, v in self._closed_audits.items()
                 if k[0] != uuid}
             self._closed_audits[key] = wire['usage']
-        self.delivery.wake()
+        if not held:
+            self.delivery.wake()
         return wire['usage'], queued.seq
 
     def close_final(self, uuid, nova_payload, ctxt, priority, budget,

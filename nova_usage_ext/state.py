@@ -43,7 +43,10 @@ _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS outbox ('
     ' seq INTEGER PRIMARY KEY AUTOINCREMENT,'
     ' message_id TEXT NOT NULL, uuid TEXT, priority TEXT NOT NULL,'
-    ' ctxt TEXT NOT NULL, message TEXT NOT NULL, queued_at TEXT NOT NULL)',
+    ' ctxt TEXT NOT NULL, message TEXT NOT NULL, queued_at TEXT NOT NULL,'
+    # Held: being sent on nova's own path right now; the delivery thread
+    # leaves it alone. Released at every start.
+    ' held INTEGER NOT NULL DEFAULT 0)',
 )
 
 
@@ -140,6 +143,7 @@ class Store:
                 raise StateError('schema version %s, not %d'
                                  % (row[0], SCHEMA_VERSION))
             db.execute('PRAGMA quick_check').fetchall()
+            db.execute('UPDATE outbox SET held = 0 WHERE held != 0')
         except BaseException:
             db.close()
             raise
@@ -256,7 +260,8 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 'SELECT seq, uuid, priority, ctxt, message FROM outbox '
-                'WHERE seq > ? ORDER BY seq LIMIT ?', (after, limit)
+                'WHERE seq > ? AND held = 0 ORDER BY seq LIMIT ?',
+                (after, limit)
             ).fetchall()
         return [OutboxEntry(seq, uuid, priority, json.loads(ctxt),
                             json.loads(message))
@@ -271,6 +276,12 @@ class Store:
         with self._lock:
             return self._db.execute('SELECT 1 FROM outbox WHERE seq = ?',
                                     (seq,)).fetchone() is not None
+
+    def release(self, seq):
+        """A held message is the delivery thread's to send."""
+        with self._lock:
+            self._db.execute('UPDATE outbox SET held = 0 WHERE seq = ?',
+                             (seq,))
 
     def remove(self, seq):
         """A driver took the message: forget it."""
@@ -296,14 +307,18 @@ class _Transaction:
         self._db.executemany('DELETE FROM instances WHERE uuid = ?',
                              [(uuid,) for uuid in uuids])
 
-    def queue(self, uuid, priority, ctxt, message, max_messages):
+    def queue(self, uuid, priority, ctxt, message, max_messages,
+              held=False):
         """Queue a message; returns (its sequence number, how many of the
-        oldest were dropped to stay within ``max_messages``)."""
+        oldest were dropped to stay within ``max_messages``).
+
+        :param held: the caller sends it itself first (see ``release``).
+        """
         cursor = self._db.execute(
             'INSERT INTO outbox (message_id, uuid, priority, ctxt, message,'
-            ' queued_at) VALUES (?, ?, ?, ?, ?, ?)',
+            ' queued_at, held) VALUES (?, ?, ?, ?, ?, ?, ?)',
             (message.get('message_id', ''), uuid, priority, _dumps(ctxt),
-             _dumps(message), base.utcnow().isoformat()))
+             _dumps(message), base.utcnow().isoformat(), int(held)))
         seq = cursor.lastrowid
         dropped = 0
         count = self._db.execute('SELECT COUNT(*) FROM outbox').fetchone()[0]

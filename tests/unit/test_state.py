@@ -197,3 +197,26 @@ class TestMigration(StateTestCase):
         book.update_one(_usage(10, T0))
         book.update_one(_usage(10 ** 30, T0 + datetime.timedelta(seconds=1)))
         self.assertEqual(10, book.totals(UUID).cpu_time_ns)
+
+
+class TestHeld(StateTestCase):
+
+    def test_a_held_message_is_the_delivery_s_again_after_a_restart(self):
+        # nova's exists is sent on nova's path first; a crash while it is
+        # under way must not leave it held for ever.
+        book = self.ledger()
+        book.update(base.HostReading([]))
+        book.update_one(_usage(10, T0))
+        queued = book.close_period(UUID, T0, _build, held=True)
+        self.assertEqual([], book.store.pending())
+        self.assertEqual(1, book.store.outbox_size())
+        again = self.ledger()
+        self.assertEqual([queued.seq], [e.seq for e in again.store.pending()])
+
+    def test_a_released_message_is_pending(self):
+        book = self.ledger()
+        book.update(base.HostReading([]))
+        book.update_one(_usage(10, T0))
+        queued = book.close_period(UUID, T0, _build, held=True)
+        book.store.release(queued.seq)
+        self.assertEqual([queued.seq], [e.seq for e in book.store.pending()])
