@@ -414,9 +414,31 @@ class UsageService:
         if uuid not in self.ledger:
             return None
         ending = base.utcnow()
+        build = self._final_builder(uuid, usage, source, nova_payload, ctxt,
+                                    priority, ending, reason)
+        queued = self.ledger.close_period(uuid, ending, build, final=True)
+        if queued is None:
+            return None
+        self.delivery.wake()
+        LOG.debug('nova-usage-ext: final exists of %s queued in %.3fs', uuid,
+                  time.monotonic() - started)
+        return queued.seq
+
+    def _final_builder(self, uuid, usage, source, nova_payload, ctxt,
+                       priority, ending, reason):
+        """``period -> (ctxt, message, priority)`` of a final exists."""
 
         def build(period):
-            legacy = self._legacy_fields(nova_payload, usage)
+            if nova_payload is not None and 'nova_object.data' in \
+                    nova_payload:
+                legacy = exists.legacy_fields_from_versioned(
+                    nova_payload['nova_object.data'])
+            elif nova_payload is not None:
+                legacy = dict(nova_payload)
+            elif usage is not None:
+                legacy = exists.legacy_fields(usage, self.host)
+            else:
+                legacy = {'instance_id': uuid}
             wire = None
             if usage is not None:
                 wire = exists.usage_primitive(usage, self.host, final=True,
@@ -431,21 +453,7 @@ class UsageService:
             return ctxt, exists.notification(body, self.host,
                                              ending), priority
 
-        queued = self.ledger.close_period(uuid, ending, build, final=True)
-        if queued is None:
-            return None
-        self.delivery.wake()
-        LOG.debug('nova-usage-ext: final exists of %s queued in %.3fs', uuid,
-                  time.monotonic() - started)
-        return queued.seq
-
-    def _legacy_fields(self, nova_payload, usage):
-        if nova_payload is None:
-            return exists.legacy_fields(usage, self.host) if usage else {}
-        if 'nova_object.data' in nova_payload:
-            return exists.legacy_fields_from_versioned(
-                nova_payload['nova_object.data'])
-        return dict(nova_payload)
+        return build
 
     def _close_left(self, uuid, usage):
         # A complete read no longer lists it and it has unreported usage:
@@ -453,22 +461,8 @@ class UsageService:
         # was down) without a final exists.
         try:
             ending = base.utcnow()
-
-            def build(period):
-                wire = None
-                if usage is not None:
-                    wire = exists.usage_primitive(
-                        usage, self.host, final=True,
-                        source=exists.SOURCE_CACHE, period=period)
-                    legacy = exists.legacy_fields(usage, self.host)
-                else:
-                    legacy = {'instance_id': uuid, 'host': self.host}
-                body = exists.exists_payload(
-                    legacy, wire, self.audit_period_start(ending), ending)
-                body['final_reason'] = LEFT_HOST
-                return {}, exists.notification(body, self.host,
-                                               ending), 'INFO'
-
+            build = self._final_builder(uuid, usage, exists.SOURCE_CACHE,
+                                        None, {}, 'INFO', ending, LEFT_HOST)
             self.ledger.close_period(uuid, ending, build, final=True)
             LOG.info('nova-usage-ext: instance %s left this host: its last '
                      'usage here is queued in a final exists', uuid)
