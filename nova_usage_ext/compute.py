@@ -14,7 +14,6 @@ This is the only module of the package that imports nova.
 """
 
 import datetime
-import weakref
 
 from nova import conf as nova_conf
 from nova import utils as nova_utils
@@ -57,9 +56,8 @@ class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
                          libvirt_driver.LibvirtDriver):
     """nova's libvirt driver, reporting instance usage.
 
-    Its usage loop (a daemon thread) stops in ``cleanup_host`` or, when
-    nova never calls it, once nova lets go of the driver; nothing of the
-    package holds the driver.
+    Its usage loop runs on a daemon thread: it stops in ``cleanup_host``,
+    and never keeps a nova-compute that failed before it from exiting.
     """
 
     _usage_service = None
@@ -74,7 +72,6 @@ class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
             usage_service.register(svc)
             svc.start()
             self._usage_service = svc
-            weakref.finalize(self, _stop, svc)
         except Exception:
             LOG.exception('nova-usage-ext: usage reporting is off: it failed '
                           'to start')

@@ -19,7 +19,6 @@ This module and ``libvirt_domains`` are the only ones importing libvirt.
 """
 
 import threading
-import weakref
 
 import libvirt
 from oslo_config import cfg
@@ -63,10 +62,17 @@ KIND_GROUPS = {
                libvirt.VIR_DOMAIN_STATS_VCPU),
     base.INTERFACES: libvirt.VIR_DOMAIN_STATS_INTERFACE,
     base.DISKS: libvirt.VIR_DOMAIN_STATS_BLOCK,
+    base.MEMORY: libvirt.VIR_DOMAIN_STATS_BALLOON,
 }
 # The key each group always fills when libvirt serves it.
 KIND_MARKERS = {base.CPU: 'cpu.time', base.INTERFACES: 'net.count',
-                base.DISKS: 'block.count'}
+                base.DISKS: 'block.count', base.MEMORY: 'balloon.current'}
+
+# The balloon group's keys (``memoryStats()`` names them without the
+# prefix and with ``actual`` for ``current``) for each MemoryUsage field.
+BALLOON_KEYS = {'actual_kib': 'current', 'available_kib': 'available',
+                'usable_kib': 'usable', 'unused_kib': 'unused',
+                'rss_kib': 'rss'}
 
 
 def stat_groups(kinds):
@@ -117,6 +123,18 @@ def vcpu_time(stats):
     if not found or found != stats.get('vcpu.current'):
         return None
     return total
+
+
+def memory_from_balloon(stats, prefix='balloon.'):
+    """The MemoryUsage of a domain's balloon figures (KiB), from the bulk
+    stats (``balloon.<key>``) or ``memoryStats()`` (prefix ''; ``actual``
+    for ``current``)."""
+    memory = base.MemoryUsage()
+    for field, key in BALLOON_KEYS.items():
+        if not prefix and key == 'current':
+            key = 'actual'
+        setattr(memory, field, _positive_or_none(stats.get(prefix + key)))
+    return memory
 
 
 def is_connection_error(exc):
@@ -462,7 +480,8 @@ class LibvirtUsageReader(base.UsageReader):
         flavor = nova.flavor
         return base.InstanceUsage(
             generation=domain_id,
-            kinds=frozenset(kinds),
+            kinds=frozenset(kinds) - {base.MEMORY},
+            hypervisor_state=libvirt_state,
             uuid=nova.uuid,
             name=nova.name,
             display_name=nova.display_name,
@@ -490,6 +509,8 @@ class LibvirtUsageReader(base.UsageReader):
         else:
             # The CPU groups were not asked for: no CPU time to stand in.
             read.discard(base.CPU)
+        if base.MEMORY in read:
+            usage.memory = memory_from_balloon(stats)
         volumes = dict(nova.disks)
         for i in range(stats.get('block.count', 0)):
             key = 'block.%d.' % i
@@ -534,6 +555,15 @@ class LibvirtUsageReader(base.UsageReader):
             return self._usage(nova, state, read_at, None, kinds=kinds)
         read = set(kinds) | {base.CPU}
         usage = self._usage(nova, state, read_at, cpu_time, dom.ID())
+        if base.MEMORY in kinds:
+            try:
+                usage.memory = memory_from_balloon(dom.memoryStats(), '')
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                LOG.debug('No memory stats for %s: %s', nova.name,
+                          exc.get_error_message())
+                read.discard(base.MEMORY)
         # Per-domain calls give no per-vCPU wait time: the process's CPU
         # time stands in, as in ceilometer's inspector.
         usage.vcpu_time_ns = cpu_time
@@ -584,22 +614,14 @@ class LibvirtUsageReader(base.UsageReader):
 
 
 class NovaHostConnection:
-    """Adapts nova's libvirt ``Host``, which reconnects by itself.
-
-    The ``Host`` is held weakly: nova's ``Host`` holds its driver (its event
-    handlers are the driver's methods), and nothing of the package may
-    keep nova's driver alive once nova let it go.
-    """
+    """Adapts nova's libvirt ``Host``, which reconnects by itself."""
 
     def __init__(self, host):
-        self._host = weakref.ref(host)
+        self._host = host
 
     def get(self):
-        host = self._host()
-        if host is None:
-            raise base.HypervisorUnavailable("nova's libvirt driver is gone")
         try:
-            return host.get_connection()
+            return self._host.get_connection()
         except Exception as exc:  # nova's HypervisorUnavailable and kin
             raise base.HypervisorUnavailable(
                 'nova has no libvirt connection: %s' % exc)
