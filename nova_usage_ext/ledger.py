@@ -367,9 +367,19 @@ class Ledger:
             return self._gone(reading.usages)
 
     def update_one(self, usage):
-        """Count one reading of one instance; never drops others."""
+        """Count one reading of one instance; never drops others.
+
+        Before the first full read of a ledger without state, the instance
+        ran before it too: it counts from this reading.
+        """
         with self._lock:
-            self._add(usage, baseline=False)
+            self._add(usage, baseline=self._baseline_next_full_read)
+
+    @property
+    def wants_baseline(self):
+        """No state from before and no full read yet: the instances
+        running now should be read once, to count from there."""
+        return self._baseline_next_full_read
 
     def _add(self, usage, baseline):
         read_at = utc(usage.read_at)

@@ -89,13 +89,14 @@ def only_kinds(usage, kinds):
         cpu_time_ns=usage.cpu_time_ns if CPU in kinds else None,
         vcpu_time_ns=usage.vcpu_time_ns if CPU in kinds else None,
         disks=list(usage.disks) if DISKS in kinds else [],
-        interfaces=list(usage.interfaces) if INTERFACES in kinds else [])
+        interfaces=list(usage.interfaces) if INTERFACES in kinds else [],
+        memory=usage.memory if base.MEMORY in kinds else None)
 
 
 def merge(previous, new, kinds):
     """``new`` with the counters of kinds not in ``kinds`` from ``previous``.
     """
-    if previous is None or set(kinds) >= set(KINDS):
+    if previous is None or set(kinds) >= set(base.EVERY_KIND):
         return new
     merged = only_kinds(new, kinds)
     merged.kinds = frozenset(new.kinds) & frozenset(kinds) | (
@@ -108,6 +109,8 @@ def merge(previous, new, kinds):
         merged.disks = list(previous.disks)
     if INTERFACES not in kinds:
         merged.interfaces = list(previous.interfaces)
+    if base.MEMORY not in kinds:
+        merged.memory = previous.memory
     return merged
 
 
@@ -192,6 +195,9 @@ class UsageService:
         # (uuid, ending) -> usage wire of the audit period already closed:
         # nova sends the legacy and the versioned exists of one period.
         self._closed_audits = {}
+        # uuid -> request_id of the notification whose final closed it:
+        # nova sends each event in both formats, in one request.
+        self._final_requests = {}
         self._close_lock = threading.Lock()
         self._reads = _Reads(self.read_now)
         self.delivery = usage_delivery.Delivery(
@@ -217,6 +223,10 @@ class UsageService:
     def start(self):
         # Messages left from before (a restart, an outage) go out first.
         self.delivery.start()
+        if not self.intervals and self.ledger.wants_baseline:
+            # No state from before and no poll to take a first reading:
+            # read once now, so that what ran before is not billed later.
+            self.poll()
         if not self.intervals:
             LOG.info('nova-usage-ext: every usage poll interval is 0 or '
                      'less; counters are read only for exists and deletes')
@@ -404,11 +414,19 @@ class UsageService:
             queued (unknown here, or final already queued).
         """
         started = time.monotonic()
-        if self.ledger.is_closed(uuid):
+        request = ctxt.get('request_id') if isinstance(ctxt, dict) else None
+        if (self.ledger.is_closed(uuid) and
+                self._final_requests.get(uuid) == request):
+            # nova's other format of the same event.
             return None
+        # Another request (a delete retried after a failed one, a delete
+        # after a resize to this same host) finds the guest still running
+        # here: its usage since the last final is read and reported.
         usage = self.read_bounded(uuid, budget)
         source = exists.SOURCE_HYPERVISOR
         if usage is None:
+            if self.ledger.is_closed(uuid):
+                return None
             usage = self.latest(uuid)
             source = exists.SOURCE_CACHE
         if uuid not in self.ledger:
@@ -419,6 +437,11 @@ class UsageService:
         queued = self.ledger.close_period(uuid, ending, build, final=True)
         if queued is None:
             return None
+        with self._close_lock:
+            self._final_requests = {
+                u: r for u, r in self._final_requests.items()
+                if u in self.ledger}
+            self._final_requests[uuid] = request
         self.delivery.wake()
         LOG.debug('nova-usage-ext: final exists of %s queued in %.3fs', uuid,
                   time.monotonic() - started)

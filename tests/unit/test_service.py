@@ -114,11 +114,21 @@ class TestIntervals(ServiceTestCase):
     def test_all_disabled_starts_no_loop(self):
         svc = self.make_service({'cpu': 0, 'interfaces': 0, 'disks': 0})
         svc.start()
+        self.addCleanup(svc.stop)
         self.assertIsNone(svc._loop)
         self.assertIsNone(svc.poll_due())
         self.assertIn('every usage poll interval is 0 or less',
                       self.log.output)
-        self.assertEqual(0, self.counting.total)
+        # One read at start (a new state's baseline: what ran before is
+        # not billed later), then none.
+        self.assertEqual(1, self.counting.calls['getAllDomainStats'])
+        calls = self.counting.total
+        restarted = self.make_service({'cpu': 0, 'interfaces': 0,
+                                       'disks': 0})
+        restarted.start()
+        self.addCleanup(restarted.stop)
+        self.assertEqual(calls, self.counting.total)
+        self.assertEqual(0, restarted.ledger.period_usage(UUID0).cpu_time_ns)
 
 
 class TestFailures(ServiceTestCase):

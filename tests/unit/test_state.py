@@ -220,3 +220,22 @@ class TestHeld(StateTestCase):
         queued = book.close_period(UUID, T0, _build, held=True)
         book.store.release(queued.seq)
         self.assertEqual([queued.seq], [e.seq for e in book.store.pending()])
+
+
+class TestBaseline(StateTestCase):
+
+    def test_a_single_read_before_the_first_full_one_is_a_baseline(self):
+        # nova's exists can come before the first poll of a new ledger.
+        book = self.ledger()
+        book.update_one(_usage(626105000, T0))
+        self.assertEqual(0, book.period_usage(UUID).cpu_time_ns)
+        book.update_one(_usage(626105100, T0 + datetime.timedelta(
+            seconds=1)))
+        self.assertEqual(100, book.period_usage(UUID).cpu_time_ns)
+
+    def test_after_the_first_full_read_new_instances_count_whole(self):
+        book = self.ledger()
+        book.update(base.HostReading([]))
+        self.assertFalse(book.wants_baseline)
+        book.update_one(_usage(500, T0))
+        self.assertEqual(500, book.period_usage(UUID).cpu_time_ns)
