@@ -47,6 +47,7 @@ import nova.conf  # noqa: E402
 
 from nova_usage_ext import compute as usage_compute  # noqa: E402
 from nova_usage_ext import conf as usage_conf  # noqa: E402
+from nova_usage_ext import service as usage_service  # noqa: E402
 
 CONF = nova.conf.CONF
 NOVA_MODULES = (nova_test_driver, nova_test_host)
@@ -177,7 +178,18 @@ class _UsageDriverTest:
         CONF.set_override('state_dir', state, group=usage_conf.GROUP)
         self.addCleanup(CONF.clear_override, 'state_dir',
                         group=usage_conf.GROUP)
+        # nova's tests call init_host without cleanup_host: the usage
+        # service the test started must not serve the next test in this
+        # process (the notification hook finds it by usage_service.current).
+        self.addCleanup(_stop_started, usage_service.current())
         super().setUp()
+
+
+def _stop_started(before):
+    started = usage_service.current()
+    if started is not None and started is not before:
+        started.stop()
+        usage_service.unregister(started)
 
 
 def _short_id(test):
