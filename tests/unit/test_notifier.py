@@ -137,6 +137,52 @@ class TestFinals(HookTestCase):
         self.assertEqual('compute-1', final['payload']['usage'][
             'nova_object.data']['host'])
 
+    def test_a_retried_delete_reports_the_usage_since_the_first_final(self):
+        # nova's delete failed after delete.start (both formats, one
+        # request); the guest ran on and the user deletes it again (a new
+        # request) before any poll.
+        self.start()
+        uuid = self.uuids[0]
+        first = {'request_id': 'req-1'}
+        versioned = {'message_id': 'nova-v-%s' % uuid,
+                     'event_type': 'instance.delete.start',
+                     'publisher_id': 'nova-compute:compute-1',
+                     'priority': 'INFO',
+                     'payload': {'nova_object.data': {'uuid': uuid}}}
+        self.driver.notify(first, _delete_start(uuid), 'INFO', -1)
+        self.driver.notify(first, versioned, 'INFO', -1)
+        self.assertEqual(1, len(self.sends.sent))
+        time.sleep(0.01)  # the test driver's counters follow the clock
+        retry = {'request_id': 'req-2'}
+        self.driver.notify(retry, _delete_start(uuid), 'INFO', -1)
+        self.driver.notify(retry, versioned, 'INFO', -1)
+        finals = self.sends.sent
+        self.assertEqual(['deleted', 'deleted'],
+                         [m['payload']['final_reason'] for m in finals])
+        periods = [m['payload']['usage']['nova_object.data']['period'][
+            'nova_object.data'] for m in finals]
+        self.assertGreater(periods[1]['cpu_time_ns'], 0)
+        # All the usage, once.
+        self.assertEqual(
+            self.service.ledger.totals(uuid).cpu_time_ns,
+            periods[0]['cpu_time_ns'] + periods[1]['cpu_time_ns'])
+
+    def test_a_gone_instance_gets_no_second_final(self):
+        # A complete poll found it gone (final: left_host); nova's
+        # delete.start comes later.
+        self.start()
+        uuid = self.uuids[0]
+        dom = self.node.conn.lookupByUUIDString(uuid)
+        dom.destroy()
+        dom.undefine()
+        self.service.poll()
+        self.driver.notify({'request_id': 'req-1'}, _delete_start(uuid),
+                           'INFO', -1)
+        self.wait_for(lambda: self.sends.sent)
+        time.sleep(0.1)
+        self.assertEqual(['left_host'], [m['payload']['final_reason']
+                                         for m in self.sends.sent])
+
     def test_broker_refusing_keeps_finals_queued_then_sends_them(self):
         self.start()
         self.sends.mode = 'refuse'
