@@ -73,6 +73,9 @@ LEAVES = {
     'compute.instance.shelve_offload.end': 'shelved_offloaded',
     'instance.shelve_offload.end': 'shelved_offloaded',
 }
+# resize.end names the instance's new host: this one when resized to the
+# same host, where it stays.
+RESIZE_END = ('compute.instance.resize.end', 'instance.resize.end')
 
 
 def _instance_uuid(payload):
@@ -82,6 +85,11 @@ def _instance_uuid(payload):
         data = payload['nova_object.data']
         return data.get('uuid') if isinstance(data, dict) else None
     return payload.get('instance_id')
+
+
+def _payload_host(payload):
+    data = payload.get('nova_object.data', payload)
+    return data.get('host') if isinstance(data, dict) else None
 
 
 def _versioned_ending(payload):
@@ -131,7 +139,9 @@ class UsageNotifierDriver(notifier.Driver):
             elif event_type in DELETE_START:
                 self._final_exists(service, uuid, ctxt, msg, priority,
                                    usage_service.LEFT_DELETED)
-            elif event_type in LEAVES:
+            elif event_type in LEAVES and not (
+                    event_type in RESIZE_END and
+                    _payload_host(msg['payload']) == service.host):
                 self._final_exists(service, uuid, ctxt, msg, priority,
                                    LEAVES[event_type])
             elif event_type in PROCESS_ENDS:

@@ -137,6 +137,19 @@ class TestFinals(HookTestCase):
         self.assertEqual('compute-1', final['payload']['usage'][
             'nova_object.data']['host'])
 
+    def test_a_resize_to_the_same_host_is_no_departure(self):
+        # resize.end names the instance's new host: this one.
+        self.start()
+        uuid = self.uuids[0]
+        for event in ('compute.instance.resize.end', 'instance.resize.end'):
+            message = dict(_delete_start(uuid), event_type=event)
+            if event.startswith('instance.'):
+                message['payload'] = {'nova_object.data': {
+                    'uuid': uuid, 'host': 'compute-1'}}
+            self.driver.notify({}, message, 'INFO', -1)
+        self.assertEqual([], self.sends.sent)
+        self.assertFalse(self.service.ledger.is_closed(uuid))
+
     def test_a_retried_delete_reports_the_usage_since_the_first_final(self):
         # nova's delete failed after delete.start (both formats, one
         # request); the guest ran on and the user deletes it again (a new
