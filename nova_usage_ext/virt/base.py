@@ -34,7 +34,13 @@ POWER_STATE_NAMES = {
 CPU = 'cpu'
 INTERFACES = 'interfaces'
 DISKS = 'disks'
+# The cumulative kinds, which the ledger counts; what a cycle reads unless
+# told otherwise.
 ALL_KINDS = (CPU, INTERFACES, DISKS)
+# The guest's memory (a gauge, never counted): read only when asked for,
+# because it makes the hypervisor ask each guest's balloon driver.
+MEMORY = 'memory'
+EVERY_KIND = ALL_KINDS + (MEMORY,)
 
 
 # The cumulative counters of each record, by name: the one list the
@@ -44,6 +50,10 @@ DISK_IO_COUNTERS = ('read_bytes', 'read_requests', 'write_bytes',
                     'write_requests')
 INTERFACE_COUNTERS = ('rx_bytes', 'rx_packets', 'rx_errors', 'rx_drops',
                       'tx_bytes', 'tx_packets', 'tx_errors', 'tx_drops')
+# The memory figures of a reading (MemoryUsage), in KiB as hypervisors
+# report them: gauges, not counters.
+MEMORY_GAUGES = ('actual_kib', 'available_kib', 'usable_kib', 'unused_kib',
+                 'rss_kib')
 
 
 class UsageReaderError(Exception):
@@ -106,6 +116,44 @@ class InterfaceUsage:
 
 
 @dataclasses.dataclass(slots=True)
+class MemoryUsage:
+    """The guest's memory as its balloon driver last reported it, in KiB.
+
+    A figure the guest did not report is None: without a balloon driver
+    (or with nova's ``[libvirt] mem_stats_period_seconds = 0``) a guest
+    reports ``actual_kib`` alone.
+    """
+    # The memory the balloon leaves the guest.
+    actual_kib: int | None = None
+    # What the guest's kernel can use in all (its MemTotal).
+    available_kib: int | None = None
+    # What it could use without swapping (its MemAvailable).
+    usable_kib: int | None = None
+    # What it leaves entirely unused (its MemFree).
+    unused_kib: int | None = None
+    # The guest process's resident memory on the host.
+    rss_kib: int | None = None
+
+    @property
+    def available_mb(self):
+        """Ceilometer's ``memory.available`` (MiB), or None."""
+        if self.available_kib is None:
+            return None
+        return self.available_kib / 1024
+
+    @property
+    def used_mb(self):
+        """Ceilometer's ``memory.usage`` (MiB): available less usable
+        (less unused where usable is missing), or None."""
+        free = self.usable_kib
+        if free is None:
+            free = self.unused_kib
+        if self.available_kib is None or free is None:
+            return None
+        return (self.available_kib - free) / 1024
+
+
+@dataclasses.dataclass(slots=True)
 class InstanceUsage:
     """One nova instance's usage as read at ``read_at`` (UTC)."""
     uuid: str
@@ -134,6 +182,12 @@ class InstanceUsage:
     # NOWAIT): the reading says nothing about those devices, which is not
     # the same as the instance having none.
     kinds: frozenset[str] = frozenset(ALL_KINDS)
+    # The guest's memory when the reading holds MEMORY, else None.
+    memory: MemoryUsage | None = None
+    # The hypervisor's own state code, which ceilometer's ``power.state``
+    # meter reports (libvirt: virDomainState, 1 running ... 5 shut off);
+    # ``state`` is nova's power state. None where the backend has none.
+    hypervisor_state: int | None = None
     # True when vcpu_time_ns is the process's cpu_time_ns because the
     # vCPU entries had holes (as ceilometer falls back): the two do not
     # count the same thing, so a switch between them is no usage.
@@ -206,8 +260,9 @@ class UsageReader(metaclass=abc.ABCMeta):
         """Read every nova instance on the host in one cycle.
 
         :param kinds: the kinds of counters needed (``CPU``,
-            ``INTERFACES``, ``DISKS``); a backend may return more, and
-            leaves out what it can skip cheaply.
+            ``INTERFACES``, ``DISKS``, and ``MEMORY`` only where asked
+            for); a backend may return more, and leaves out what it can
+            skip cheaply.
 
         :returns: :class:`HostReading` with one :class:`InstanceUsage` per
             nova instance read (instances that are not running have no

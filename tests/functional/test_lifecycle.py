@@ -35,6 +35,7 @@ import fixtures
 from nova.compute import instance_actions
 from nova.compute import task_states
 from nova.compute import utils as compute_utils
+from nova import context as nova_context
 from nova import exception as nova_exception
 from nova import objects
 from nova.objects import fields
@@ -322,12 +323,12 @@ class TestDelete(LifecycleTestCase):
 
         self.assertRaises(nova_exception.InstancePowerOffFailure,
                           self.nova_deletes)
-        # nova put the instance in ERROR; the guest runs on and is used.
+        # nova put the instance in ERROR; the guest runs on and is used,
+        # and the user deletes it again (a new request) before any poll.
         self.assertTrue(self.dom.isActive())
         self.use_guest()
-        self.service.poll()
-        self.use_guest()
-        self.instance.refresh()
+        self.context = nova_context.get_admin_context()
+        self.instance.refresh(self.context)
         self.nova_deletes()
 
         mine = self.sent()
@@ -485,6 +486,42 @@ class TestNewProcessOnTheHost(LifecycleTestCase):
         last = [u for u in self.readings
                 if u.generation == first_process][-1]
         self.assertGreater(last.read_at, self.readings[1].read_at)
+        self.assertEqual(2, len(self.generations()))
+        self.assert_billed_equals_growth(exists)
+
+    def test_resize_to_the_same_host(self):
+        # [DEFAULT] allow_resize_to_same_host: source and destination are
+        # this host. nova 34: prep_resize (the exists of the current
+        # period, resize.prep.start/end), resize_instance (resize.start,
+        # migrate_disk_and_power_off, instance.host = the destination,
+        # here the same, resize.end), finish_resize (finish_resize.start,
+        # the guest started again, finish_resize.end).
+        self.use_guest()
+        self.service.poll()
+        self.use_guest()
+        flavor = self.instance.flavor
+        self.nova_exists_current_period()
+        self.compute._notify_about_instance_usage(
+            self.context, self.instance, 'resize.prep.start')
+        compute_utils.notify_about_resize_prep_instance(
+            self.context, self.instance, self.host, START, flavor)
+        self.compute._notify_about_instance_usage(
+            self.context, self.instance, 'resize.prep.end')
+        compute_utils.notify_about_resize_prep_instance(
+            self.context, self.instance, self.host, END, flavor)
+        self.nova_notifies('resize.start', ACTION.RESIZE, START)
+        self.dom.destroy()
+        self.nova_notifies('resize.end', ACTION.RESIZE, END)
+        self.nova_notifies('finish_resize.start', ACTION.RESIZE_FINISH,
+                           START)
+        self.new_process()
+        self.nova_notifies('finish_resize.end', ACTION.RESIZE_FINISH, END)
+        self.use_guest()
+        self.nova_deletes()
+
+        exists = self.exists_sent()
+        # The instance never left: the only final is the delete's.
+        self.assert_one_final(exists, usage_service.LEFT_DELETED)
         self.assertEqual(2, len(self.generations()))
         self.assert_billed_equals_growth(exists)
 

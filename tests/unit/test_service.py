@@ -376,3 +376,27 @@ class TestOnlyKinds(testtools.TestCase):
         merged = usage_service.merge(old, new, {'cpu'})
         self.assertEqual(9, merged.cpu_time_ns)
         self.assertEqual(1, merged.disk('vda').read_bytes)
+
+    def test_memory_is_kept_until_read_again(self):
+        def reading(cpu, memory=None, kinds=base.ALL_KINDS):
+            return base.InstanceUsage(
+                UUID0, 'i', None, None, None, None, base.RUNNING,
+                base.utcnow(), cpu_time_ns=cpu, memory=memory,
+                kinds=frozenset(kinds))
+        first = reading(1, base.MemoryUsage(available_kib=2048,
+                                            usable_kib=1024),
+                        base.EVERY_KIND)
+        # A cycle of counters only: the last memory figures stand.
+        second = usage_service.merge(first, reading(2), base.ALL_KINDS)
+        self.assertEqual(2, second.cpu_time_ns)
+        self.assertEqual(1.0, second.memory.used_mb)
+        self.assertIn(base.MEMORY, second.kinds)
+        # A reading that holds memory replaces them.
+        third = usage_service.merge(
+            second, reading(3, base.MemoryUsage(available_kib=2048,
+                                                usable_kib=512),
+                            base.EVERY_KIND), base.EVERY_KIND)
+        self.assertEqual(1.5, third.memory.used_mb)
+        # The ledger's copy of a reading has no memory (a gauge).
+        self.assertIsNone(usage_service.only_kinds(third,
+                                                   base.ALL_KINDS).memory)

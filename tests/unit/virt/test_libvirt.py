@@ -152,6 +152,10 @@ class TestCounters(ReaderTestCase):
         usages = {u.uuid: u for u in self.make_reader(node).read_all()}
         stopped = usages[_uuid(1)]
         self.assertEqual('shutdown', stopped.state_name)
+        # What ceilometer's power.state reports: libvirt's own code.
+        self.assertEqual(libvirt.VIR_DOMAIN_SHUTOFF, stopped.hypervisor_state)
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING,
+                         usages[_uuid(0)].hypervisor_state)
         self.assertIsNone(stopped.cpu_time_ns)
         self.assertEqual([], stopped.disks)
         self.assertEqual([], stopped.interfaces)
@@ -330,9 +334,52 @@ class TestKinds(ReaderTestCase):
         self.assertEqual([], usage.interfaces)
         # ...and says so: no disks here is "not read", not "none".
         self.assertEqual({base.CPU}, usage.kinds)
+        self.assertIsNone(usage.memory)
         (usage,) = reader.read_all((base.DISKS,))
         self.assertEqual({base.CPU, base.DISKS}, usage.kinds)
         self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
                          libvirt.VIR_DOMAIN_STATS_BLOCK, calls[1][0])
         self.assertEqual(['vda'], [d.device for d in usage.disks])
         self.assertEqual([], usage.interfaces)
+
+    def test_memory_only_when_asked_for(self):
+        # nova gives every guest a virtio balloon, which the test driver
+        # needs to answer memoryStats().
+        node = self.make_node(libvirt_node.nova_test_domain(0).replace(
+            '</devices>', "<memballoon model='virtio'/></devices>"))
+        calls = self.spy_on_bulk_calls(node)
+        reader = self.make_reader(node)
+        (usage,) = reader.read_all(base.ALL_KINDS)
+        self.assertFalse(calls[0][0] & libvirt.VIR_DOMAIN_STATS_BALLOON)
+        self.assertNotIn(base.MEMORY, usage.kinds)
+        self.assertIsNone(usage.memory)
+        (usage,) = reader.read_all((base.CPU, base.MEMORY))
+        self.assertEqual(libvirt.VIR_DOMAIN_STATS_STATE |
+                         libvirt.VIR_DOMAIN_STATS_CPU_TOTAL |
+                         libvirt.VIR_DOMAIN_STATS_VCPU |
+                         libvirt.VIR_DOMAIN_STATS_BALLOON, calls[1][0])
+        self.assertEqual({base.CPU, base.MEMORY}, usage.kinds)
+        # The test driver fills no balloon group: the per-domain fallback
+        # reads memoryStats(), in KiB.
+        stats = node.conn.lookupByUUIDString(_uuid(0)).memoryStats()
+        memory = usage.memory
+        self.assertEqual(stats['actual'], memory.actual_kib)
+        self.assertEqual(stats['available'], memory.available_kib)
+        self.assertEqual(stats['usable'], memory.usable_kib)
+        self.assertEqual(stats['unused'], memory.unused_kib)
+        self.assertEqual(stats['rss'], memory.rss_kib)
+        # Ceilometer's memory.available and memory.usage, in MiB.
+        self.assertEqual(stats['available'] / 1024, memory.available_mb)
+        self.assertEqual((stats['available'] - stats['usable']) / 1024,
+                         memory.used_mb)
+        self.assertGreater(memory.used_mb, 0)
+
+    def test_guest_without_balloon_stats_has_no_memory_figures(self):
+        node = self.make_node(libvirt_node.nova_test_domain(0))
+        self.assertEqual({}, node.conn.lookupByUUIDString(
+            _uuid(0)).memoryStats())
+        (usage,) = self.make_reader(node).read_all(base.EVERY_KIND)
+        self.assertIn(base.MEMORY, usage.kinds)
+        self.assertIsNone(usage.memory.available_mb)
+        self.assertIsNone(usage.memory.used_mb)
+        self.assertIsNone(usage.memory.actual_kib)

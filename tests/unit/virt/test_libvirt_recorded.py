@@ -281,6 +281,57 @@ class TestFullCycle(RecordedTestCase):
             self.assertEqual(frozenset(base.ALL_KINDS), usages[role].kinds)
 
 
+class TestBalloonCycle(RecordedTestCase):
+    """A full cycle plus the balloon group, for the memory meters."""
+
+    recording_name = 'balloon'
+    kinds = base.EVERY_KIND
+
+    def test_memory_of_guests_without_a_balloon_driver(self):
+        reading, usages = self.read()
+        self.assertTrue(reading.complete)
+        self.assertIsNone(usages['not-nova'])
+        for role in ('running', 'paused', 'vcpu-hotplugged'):
+            stats, usage = self.stats(role), usages[role]
+            self.assertEqual(frozenset(base.EVERY_KIND), usage.kinds)
+            # No-OS guests: the balloon's size and QEMU's resident memory,
+            # nothing the guest itself reports.
+            self.assertNotIn('balloon.available', stats)
+            self.assertEqual(stats['balloon.current'],
+                             usage.memory.actual_kib)
+            self.assertEqual(stats['balloon.rss'], usage.memory.rss_kib)
+            self.assertIsNone(usage.memory.available_kib)
+            self.assertIsNone(usage.memory.usable_kib)
+            self.assertIsNone(usage.memory.unused_kib)
+            # So no memory.available or memory.usage: absent, never 0.
+            self.assertIsNone(usage.memory.available_mb)
+            self.assertIsNone(usage.memory.used_mb)
+        # The other groups are read as in a cycle without the balloon.
+        stats, usage = self.stats('running'), usages['running']
+        self.assertEqual(stats['cpu.time'], usage.cpu_time_ns)
+        vda, vdb = usage.disks
+        self.assertDiskCounters(vda, stats, 0)
+        self.assertDiskCounters(vdb, stats, 1)
+        first, second = usage.interfaces
+        self.assertInterfaceCounters(first, stats, 0)
+        self.assertInterfaceCounters(second, stats, 1)
+
+    def test_shut_off_guest_has_no_memory(self):
+        # libvirt fills the balloon's size from the definition.
+        self.assertIn('balloon.current', self.stats('shutoff'))
+        _reading, usages = self.read()
+        self.assertIsNone(usages['shutoff'].memory)
+        self.assertNotIn(base.MEMORY, usages['shutoff'].kinds)
+
+    def test_power_state_as_ceilometer_reports_it(self):
+        _reading, usages = self.read()
+        for role in ('running', 'paused', 'shutoff', 'vcpu-hotplugged'):
+            self.assertEqual(self.stats(role)['state.state'],
+                             usages[role].hypervisor_state)
+        self.assertEqual(libvirt.VIR_DOMAIN_SHUTOFF,
+                         usages['shutoff'].hypervisor_state)
+
+
 class TestCpuCycle(RecordedTestCase):
     """A steady cycle asking for CPU time only."""
 
