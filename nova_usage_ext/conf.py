@@ -110,6 +110,16 @@ usage_opts = [
                     'dropped, with an ERROR that counts them. Values '
                     'outside %d to %d are read as the nearest bound.'
                     % OUTBOX_MAX_RANGE),
+    cfg.ListOpt('metric_plugins',
+                default=[],
+                mutable=True,
+                help='The in-service metric plugins to run on each poll '
+                     'cycle, by entry point name in the '
+                     'nova_usage_ext.metric_plugins namespace (built in: '
+                     'thresholds, statsd, prometheus). Each plugin has its '
+                     'options in the group [usage_ext_<name>]. Applied on '
+                     'SIGHUP without a restart. Unknown names are logged '
+                     'and skipped.'),
     cfg.StrOpt('state_dir',
                help='Absolute path of the directory for the state that '
                     'survives a nova-compute restart (counter cache). '
@@ -295,6 +305,25 @@ def notification_drivers(conf):
               '%s = %s names no driver; using %s', label,
               ','.join(names), ','.join(DEFAULT_NOTIFICATION_DRIVERS))
         return DEFAULT_NOTIFICATION_DRIVERS
+    return tuple(kept)
+
+
+def metric_plugins(conf):
+    """The plugin names to run, as a tuple: stripped, without empty names
+    or repeats; () when the value is malformed (logged once)."""
+    register_opts(conf)
+    label = _label('metric_plugins', GROUP)
+    try:
+        names = _read(conf, 'metric_plugins') or []
+    except _Malformed as exc:
+        _once(logging.WARNING, (label, 'malformed', str(exc)),
+              '%s: invalid value (%s); running no plugin', label, exc)
+        return ()
+    kept = []
+    for name in names:
+        name = name.strip()
+        if name and name not in kept:
+            kept.append(name)
     return tuple(kept)
 
 

@@ -26,6 +26,7 @@ from nova_usage_ext import delivery as usage_delivery
 from nova_usage_ext import exists
 from nova_usage_ext import ledger as usage_ledger
 from nova_usage_ext import periodic
+from nova_usage_ext.plugins import manager as plugin_manager
 from nova_usage_ext import state
 from nova_usage_ext.virt import base
 
@@ -175,10 +176,12 @@ class UsageService:
     :param intervals: kind -> seconds; 0 or less disables that kind.
     :param send: ``outbox entry -> None`` for the delivery thread; raises
         when not sent. Default: the notifier driver's own sender.
+    :param plugins: a :class:`plugin_manager.PluginManager` that each
+        poll cycle is offered to, or None.
     """
 
     def __init__(self, reader, ledger, host, intervals, clock=time.monotonic,
-                 audit_period_start=None, send=None):
+                 audit_period_start=None, send=None, plugins=None):
         self.reader = reader
         self.ledger = ledger
         self.host = host
@@ -203,6 +206,7 @@ class UsageService:
         self.delivery = usage_delivery.Delivery(
             ledger.store, send or _send_through_drivers)
         self._loop = None
+        self.plugins = plugins
 
     @classmethod
     def from_conf(cls, conf, reader, host, audit_period_start=None):
@@ -216,13 +220,16 @@ class UsageService:
             def audit_period_start(now):
                 return exists.audit_period_start(now, unit)
         return cls(reader, book, host, settings.poll_intervals,
-                   audit_period_start=audit_period_start)
+                   audit_period_start=audit_period_start,
+                   plugins=plugin_manager.PluginManager(conf, host))
 
     # -- the periodic loop ------------------------------------------------
 
     def start(self):
         # Messages left from before (a restart, an outage) go out first.
         self.delivery.start()
+        if self.plugins is not None:
+            self.plugins.start()
         if not self.intervals and self.ledger.wants_baseline:
             # No state from before and no poll to take a first reading:
             # read once now, so that what ran before is not billed later.
@@ -249,6 +256,8 @@ class UsageService:
             self._loop.stop()
             self._loop = None
         self.delivery.stop()
+        if self.plugins is not None:
+            self.plugins.close()
         self._save()
 
     def poll_due(self):
@@ -286,6 +295,10 @@ class UsageService:
         for uuid in left:
             self._close_left(uuid, previous.get(uuid))
         self._save()
+        if self.plugins is not None:
+            # Builds the plugins' records and queues them; never waits.
+            self.plugins.dispatch(usages, kinds, self.ledger.totals,
+                                  self.reader.read_host_figures)
         return usages
 
     def _save(self):

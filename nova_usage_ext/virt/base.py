@@ -248,6 +248,25 @@ class HostReading:
     complete: bool = True
 
 
+@dataclasses.dataclass(slots=True)
+class HostFigures:
+    """The hypervisor host's own figures, read at ``read_at`` (UTC).
+
+    ``cpu_busy_ns`` and ``cpu_idle_ns`` are cumulative over all host CPUs
+    since boot (busy: user and kernel time; idle: idle and I/O wait).
+    ``memory_free_kb`` is the kernel's free memory (MemFree, not
+    MemAvailable). ``instances`` is the nova instances the cycle read,
+    filled in by the caller. Figures a host does not give are None.
+    """
+    read_at: datetime.datetime
+    cpus: int | None = None
+    cpu_busy_ns: int | None = None
+    cpu_idle_ns: int | None = None
+    memory_total_kb: int | None = None
+    memory_free_kb: int | None = None
+    instances: int | None = None
+
+
 class UsageReader(metaclass=abc.ABCMeta):
     """Reads usage of the nova instances on one host."""
 
@@ -282,6 +301,16 @@ class UsageReader(metaclass=abc.ABCMeta):
         :raises InstanceNotFound: no nova instance with that uuid here.
         :raises HypervisorUnavailable: the hypervisor could not be read.
         """
+
+    def read_host_figures(self):
+        """The host's own CPU and memory figures, for the metric plugins'
+        ``on_host``: at most one hypervisor call per kind of figure.
+
+        :returns: :class:`HostFigures` (``instances`` None), or None where
+            the backend does not read them.
+        :raises HypervisorUnavailable: the hypervisor could not be read.
+        """
+        return None
 
     def close(self):
         """Release what the reader holds (connections); optional."""

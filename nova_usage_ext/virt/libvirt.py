@@ -307,6 +307,26 @@ class LibvirtUsageReader(base.UsageReader):
                 raise base.InstanceNotFound('no domain %s on this host' % uuid)
             self._host_error(exc, 'read domain %s' % uuid)
 
+    def read_host_figures(self):
+        # One call per kind: CPU times, free memory, and the node's info
+        # (CPU count, memory size).
+        conn = self._connection.get()
+        read_at = base.utcnow()
+        try:
+            info = conn.getInfo()
+            cpu = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+            free_bytes = conn.getFreeMemory()
+        except libvirt.libvirtError as exc:
+            self._host_error(exc, 'read the host figures')
+        busy = idle = None
+        if 'user' in cpu and 'kernel' in cpu:
+            busy = cpu['user'] + cpu['kernel']
+        if 'idle' in cpu:
+            idle = cpu['idle'] + cpu.get('iowait', 0)
+        return base.HostFigures(
+            read_at=read_at, cpus=info[2], cpu_busy_ns=busy, cpu_idle_ns=idle,
+            memory_total_kb=info[1] * 1024, memory_free_kb=free_bytes // 1024)
+
     def domains_changed(self):
         """A domain was defined, undefined, started or stopped: the next
         cycle lists the domains again (for readers with ``own_events``

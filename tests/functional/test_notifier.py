@@ -13,6 +13,7 @@ import time
 import fixtures
 import oslo_messaging
 import testtools
+from oslo_context import context as oslo_context
 from oslo_messaging.notify import _impl_test
 
 from nova_usage_ext import conf as usage_conf
@@ -57,6 +58,18 @@ def versioned_payload(uuid, name='InstanceActionPayload', **extra):
             'nova_object.version': '1.9', 'nova_object.data': data}
 
 
+class ContextSerializer(oslo_messaging.NoOpSerializer):
+    """What nova's RequestContextSerializer does to a context: the
+    drivers get its dict (request_id included)."""
+
+    def serialize_context(self, ctxt):
+        return ctxt.to_dict() if hasattr(ctxt, 'to_dict') else ctxt
+
+
+def nova_context(request_id):
+    return oslo_context.RequestContext(request_id=request_id)
+
+
 class HookTestCase(testtools.TestCase):
 
     drivers = ['messagingv2']
@@ -76,6 +89,9 @@ class HookTestCase(testtools.TestCase):
             libvirt_node.nova_test_domain(1)]))
         self.reader = libvirt_usage.LibvirtUsageReader(self.node.connection)
         self.service = self.start_service(self.deployed_state_dir())
+        # Each test's notifier driver registers the sender the outbox goes
+        # through: none may be left for the next test (its topic is gone).
+        self.addCleanup(usage_service.register_sender, None)
         self.listener = self.useFixture(bus.Listener(self.conf))
 
     def deployed_state_dir(self):
@@ -110,7 +126,8 @@ class HookTestCase(testtools.TestCase):
         self.addCleanup(transport.cleanup)
         return oslo_messaging.Notifier(
             transport, driver='nova_usage_ext', topics=[self.listener.topic],
-            publisher_id=publisher_id, retry=retry)
+            publisher_id=publisher_id, retry=retry,
+            serializer=ContextSerializer())
 
     def dom(self, uuid):
         return self.node.conn.lookupByUUIDString(uuid)
@@ -188,8 +205,9 @@ class TestExists(HookTestCase):
         # the instances were running, metered by something else.
         service = self.start_service(
             self.useFixture(fixtures.TempDir()).path)
-        service.poll()
+        # With every poll off, its start read the host once: the baseline.
         first = service.latest(UUID0)
+        self.assertIsNotNone(first)
         self.assertEqual(0, service.period_usage(UUID0).cpu_time_ns)
         service.poll()
         self.notifier().info({}, 'compute.instance.exists', legacy_payload(
@@ -283,9 +301,11 @@ class TestFinalExists(HookTestCase):
 
     def test_exactly_one_final_exists_when_both_formats_are_sent(self):
         notifier = self.notifier()
-        notifier.info({}, 'compute.instance.delete.start',
+        # One delete request: nova sends both with its context.
+        ctxt = nova_context('req-1')
+        notifier.info(ctxt, 'compute.instance.delete.start',
                       legacy_payload(UUID0))
-        notifier.info({}, 'instance.delete.start', versioned_payload(UUID0))
+        notifier.info(ctxt, 'instance.delete.start', versioned_payload(UUID0))
         messages = self.listener.wait_for(3)
         time.sleep(0.5)
         events = [m['event_type'] for m in self.listener.messages]
@@ -425,6 +445,26 @@ class TestFinalExists(HookTestCase):
         self.assertEqual(
             first['payload']['audit_period_ending'].replace(' ', 'T')[:19],
             period['period_beginning'][:19])
+
+    def test_delete_retried_before_any_poll_bills_the_usage_since(self):
+        # nova's first delete failed after delete.start; the user deletes
+        # again (another request) before the next poll.
+        self.service.poll()
+        notifier = self.notifier()
+        notifier.info(nova_context('req-1'),
+                      'compute.instance.delete.start', legacy_payload(UUID0))
+        first, _delete = self.listener.wait_for(2)
+        notifier.info(nova_context('req-2'),
+                      'compute.instance.delete.start', legacy_payload(UUID0))
+        _f, _d, second, _delete = self.listener.wait_for(4)
+        self.assertEqual('compute.instance.exists', second['event_type'])
+        before = first['payload']['usage']['nova_object.data']
+        data = second['payload']['usage']['nova_object.data']
+        self.assertEqual('hypervisor', data['source'])
+        period = data['period']['nova_object.data']
+        self.assertEqual(data['cpu_time_ns'] - before['cpu_time_ns'],
+                         period['cpu_time_ns'])
+        self.assertGreater(period['cpu_time_ns'], 0)
 
     def test_instance_that_left_the_host_gets_a_final_exists(self):
         # Migrated away (or deleted while nova-compute was down): no

@@ -349,3 +349,23 @@ class TestFuzzedConf(ConfTestCase):
         self.assertTrue(got.notification_drivers)
         self.assertNotIn('nova_usage_ext', got.notification_drivers)
         self.assertTrue(os.path.isabs(got.state_dir))
+
+
+class TestMetricPlugins(ConfTestCase):
+
+    def test_none_by_default(self):
+        self.assertEqual((), usage_conf.metric_plugins(self.load('')))
+
+    def test_names_stripped_without_empties_or_repeats(self):
+        conf = self.load('[usage_ext]\nmetric_plugins = statsd, ,'
+                         'thresholds,statsd\n')
+        self.assertEqual(('statsd', 'thresholds'),
+                         usage_conf.metric_plugins(conf))
+
+    def test_mutable_so_a_reload_applies_it(self):
+        conf = self.load('[usage_ext]\nmetric_plugins = statsd\n')
+        with open(self.path, 'w') as f:
+            f.write('[usage_ext]\nmetric_plugins = prometheus\n')
+        conf.mutate_config_files()
+        self.assertEqual(('prometheus',), usage_conf.metric_plugins(conf))
+        self.assertEqual([], self.warnings())

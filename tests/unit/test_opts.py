@@ -27,6 +27,7 @@ class TestOpts(testtools.TestCase):
                           ('usage_ext', 'final_exists_budget'),
                           ('usage_ext', 'libvirt_stats_workers'),
                           ('usage_ext', 'outbox_max_messages'),
+                          ('usage_ext', 'metric_plugins'),
                           ('usage_ext', 'state_dir')}, listed)
 
     def test_no_option_raises_when_read(self):
