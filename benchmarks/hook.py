@@ -194,20 +194,23 @@ class HookBench:
         self.visible = common.OnlyTheseDomains(raw, [])
         self.reader = libvirt_usage.LibvirtUsageReader(
             libvirt_calls.StaticConnection(self.visible))
-        self.state_dir = tempfile.mkdtemp(prefix=common.PREFIX,
-                                          dir='/var/tmp')
-        self.stack.callback(shutil.rmtree, self.state_dir, True)
-        self.service = usage_service.UsageService(
-            self.reader, ledger.Ledger(state.Store(self.state_dir)),
-            'bench-compute', {})
-        usage_service.register(self.service)
-        self.stack.callback(usage_service.unregister, self.service)
-        # The outbox's delivery thread, as init_host starts it.
-        self.service.start()
-        self.stack.callback(self.service.stop)
+        self.new_service()
         self.topic = '%s%d-%s' % (common.PREFIX, os.getpid(),
                                   uuidlib.uuid4().hex[:8])
         self.stack.callback(delete_queues, self.topic)
+
+    def new_service(self):
+        """A nova-compute's usage service on a state of its own, started
+        (its outbox's delivery thread runs, as init_host leaves it)."""
+        state_dir = tempfile.mkdtemp(prefix=common.PREFIX, dir='/var/tmp')
+        self.stack.callback(shutil.rmtree, state_dir, True)
+        self.service = usage_service.UsageService(
+            self.reader, ledger.Ledger(state.Store(state_dir)),
+            'bench-compute', {})
+        usage_service.register(self.service)
+        self.stack.callback(usage_service.unregister, self.service)
+        self.service.start()
+        self.stack.callback(self.service.stop)
 
     def conf(self, budget, url=bus.RABBIT_URL):
         conf = bus.make_conf()
@@ -330,6 +333,9 @@ class HookBench:
     # -- broker down ---------------------------------------------------------
 
     def broker_down(self, budget, kind):
+        # Each outage starts on a healthy bus (delivery knows of no
+        # failure), not on the previous case's outbox.
+        self.new_service()
         if kind == 'refused':
             probe = socket.socket()
             probe.bind(('127.0.0.1', 0))
