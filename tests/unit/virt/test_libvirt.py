@@ -383,3 +383,50 @@ class TestKinds(ReaderTestCase):
         self.assertIsNone(usage.memory.available_mb)
         self.assertIsNone(usage.memory.used_mb)
         self.assertIsNone(usage.memory.actual_kib)
+
+
+class NovaLikeHost:
+    """What the mixin uses of nova's libvirt Host."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def get_connection(self):
+        if self.conn is None:
+            raise RuntimeError('nova: libvirt is down')  # not libvirt's
+        return self.conn
+
+
+class TestOnNovasConnection(ReaderTestCase):
+    """The reader nova's driver gets: nova's Host owns the connection and
+    its lifecycle events."""
+
+    def driver(self, conn):
+        class NovaLikeDriver(libvirt_usage.LibvirtUsageMixin):
+            _host = NovaLikeHost(conn)
+
+        return NovaLikeDriver()
+
+    def test_no_lifecycle_callback_of_its_own_on_novas_connection(self):
+        node = self.make_node(*[libvirt_node.nova_test_domain(i)
+                                for i in range(8)])
+        counting = libvirt_calls.CountingConnection(node.conn)
+        driver = self.driver(counting)
+        driver.get_all_bw_counters([])
+        driver.get_all_volume_usage(None, [])
+        reader = driver.usage_reader
+        self.assertEqual(8, len(reader.read_all()))
+        # One full call lists the domains, later reads are split.
+        self.assertEqual(1, counting.calls['getAllDomainStats'])
+        self.assertEqual(4, counting.calls['domainListGetStats'])
+        self.assertNotIn('domainEventRegister', counting.calls)
+        self.assertNotIn('domainEventRegisterAny', counting.calls)
+
+    def test_novas_errors_become_the_readers(self):
+        driver = self.driver(None)
+        exc = self.assertRaises(base.HypervisorUnavailable,
+                                driver.usage_reader.read_all)
+        self.assertIn('nova has no libvirt connection: nova: libvirt is '
+                      'down', str(exc))
+        self.assertEqual([], driver.get_all_volume_usage(None, [
+            {'instance': None, 'instance_bdms': []}]))
