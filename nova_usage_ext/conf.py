@@ -43,6 +43,10 @@ DEFAULT_STATS_WORKERS = 2
 STATS_WORKERS_RANGE = (1, 8)
 DEFAULT_NOTIFICATION_DRIVERS = ('messagingv2',)
 DEFAULT_OUTBOX_MAX = 100000
+# As often as ceilometer 27's default polling.yaml polls.
+DEFAULT_HOST_USAGE_INTERVAL = 300
+DEFAULT_HOST_USAGE_MAX_INSTANCES = 100
+HOST_USAGE_MAX_INSTANCES_RANGE = (1, 10000)
 OUTBOX_MAX_RANGE = (100, 10000000)
 # Where state goes when nova's state_path is unset or unfit.
 DEFAULT_STATE_DIR = '/var/lib/nova/usage_ext'
@@ -120,6 +124,23 @@ usage_opts = [
                      'options in the group [usage_ext_<name>]. Applied on '
                      'SIGHUP without a restart. Unknown names are logged '
                      'and skipped.'),
+    cfg.IntOpt('host_usage_interval',
+               default=DEFAULT_HOST_USAGE_INTERVAL,
+               help='Interval in seconds at which one host.usage '
+                    'notification carries the counters, memory and power '
+                    "state of every nova instance on this host (ceilometer's "
+                    'compute meters, for its notification agent instead of '
+                    'its compute polling), on the topics of '
+                    '[oslo_messaging_notifications]. 0 or less disables '
+                    'it; values above %d are read as %d.'
+                    % (MAX_POLL_INTERVAL, MAX_POLL_INTERVAL)),
+    cfg.IntOpt('host_usage_max_instances',
+               default=DEFAULT_HOST_USAGE_MAX_INSTANCES,
+               help='The most instances one host.usage notification '
+                    'carries; a host with more sends several, each saying '
+                    'which part of how many it is. Values outside %d to %d '
+                    'are read as the nearest bound.'
+                    % HOST_USAGE_MAX_INSTANCES_RANGE),
     cfg.StrOpt('state_dir',
                help='Absolute path of the directory for the state that '
                     'survives a nova-compute restart (counter cache). '
@@ -146,6 +167,9 @@ class Settings:
     libvirt_stats_workers: int
     outbox_max_messages: int
     state_dir: str
+    #: seconds, 0 = off
+    host_usage_interval: int = DEFAULT_HOST_USAGE_INTERVAL
+    host_usage_max_instances: int = DEFAULT_HOST_USAGE_MAX_INSTANCES
 
 
 def settings(conf):
@@ -156,7 +180,9 @@ def settings(conf):
                     final_exists_budget=final_exists_budget(conf),
                     libvirt_stats_workers=libvirt_stats_workers(conf),
                     outbox_max_messages=outbox_max_messages(conf),
-                    state_dir=state_dir(conf))
+                    state_dir=state_dir(conf),
+                    host_usage_interval=host_usage_interval(conf),
+                    host_usage_max_instances=host_usage_max_instances(conf))
 
 
 _reported = set()
@@ -260,6 +286,21 @@ def poll_intervals(conf):
     return {base.CPU: _interval(conf, 'cpu_poll_interval'),
             base.INTERFACES: _interval(conf, 'interface_poll_interval'),
             base.DISKS: _disk_interval(conf)}
+
+
+def host_usage_interval(conf):
+    """Seconds between host.usage notifications, 0..MAX_POLL_INTERVAL;
+    0 means none are sent."""
+    return max(0, _number(conf, 'host_usage_interval',
+                          DEFAULT_HOST_USAGE_INTERVAL, -math.inf,
+                          MAX_POLL_INTERVAL))
+
+
+def host_usage_max_instances(conf):
+    """An int within HOST_USAGE_MAX_INSTANCES_RANGE."""
+    return _number(conf, 'host_usage_max_instances',
+                   DEFAULT_HOST_USAGE_MAX_INSTANCES,
+                   *HOST_USAGE_MAX_INSTANCES_RANGE)
 
 
 def final_exists_budget(conf):

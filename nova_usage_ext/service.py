@@ -24,6 +24,7 @@ from oslo_log import log as logging
 from nova_usage_ext import conf as usage_conf
 from nova_usage_ext import delivery as usage_delivery
 from nova_usage_ext import exists
+from nova_usage_ext import host_usage as usage_host_usage
 from nova_usage_ext import ledger as usage_ledger
 from nova_usage_ext import periodic
 from nova_usage_ext.plugins import manager as plugin_manager
@@ -178,15 +179,23 @@ class UsageService:
         when not sent. Default: the notifier driver's own sender.
     :param plugins: a :class:`plugin_manager.PluginManager` that each
         poll cycle is offered to, or None.
+    :param host_usage: a :class:`usage_host_usage.HostUsageSender`, or
+        None: when its interval is due, the cycle reads every kind and
+        memory, and hands the reading to it.
     """
 
     def __init__(self, reader, ledger, host, intervals, clock=time.monotonic,
-                 audit_period_start=None, send=None, plugins=None):
+                 audit_period_start=None, send=None, plugins=None,
+                 host_usage=None):
         self.reader = reader
         self.ledger = ledger
         self.host = host
         self.intervals = {kind: seconds for kind, seconds in intervals.items()
                           if seconds and seconds > 0}
+        self.host_usage = host_usage
+        if host_usage is not None and host_usage.interval > 0:
+            # Memory is read for the host usage message only.
+            self.intervals[base.MEMORY] = host_usage.interval
         self._clock = clock
         # now (aware UTC) -> start of nova's current audit period; nova's
         # glue gives nova's own computation (offsets such as month@15).
@@ -221,7 +230,11 @@ class UsageService:
                 return exists.audit_period_start(now, unit)
         return cls(reader, book, host, settings.poll_intervals,
                    audit_period_start=audit_period_start,
-                   plugins=plugin_manager.PluginManager(conf, host))
+                   plugins=plugin_manager.PluginManager(conf, host),
+                   host_usage=usage_host_usage.HostUsageSender(
+                       host, settings.host_usage_interval,
+                       settings.host_usage_max_instances,
+                       _send_through_drivers))
 
     # -- the periodic loop ------------------------------------------------
 
@@ -258,15 +271,22 @@ class UsageService:
         self.delivery.stop()
         if self.plugins is not None:
             self.plugins.close()
+        if self.host_usage is not None:
+            self.host_usage.stop()
         self._save()
 
     def poll_due(self):
         """Run the due kinds; return seconds until the next one is due."""
         now = self._clock()
         due = {kind for kind, at in self._next_due.items() if at <= now}
+        if base.MEMORY in due:
+            # The host usage message carries every kind: they are read
+            # now, and their own intervals start again.
+            due |= set(KINDS) & set(self.intervals)
         if due:
             try:
-                self.poll(due)
+                self.poll(set(base.EVERY_KIND) if base.MEMORY in due
+                          else due)
             except Exception:
                 LOG.exception('nova-usage-ext: usage poll failed')
             for kind in due:
@@ -276,7 +296,9 @@ class UsageService:
         return max(0.0, min(self._next_due.values()) - self._clock())
 
     def poll(self, kinds=KINDS):
-        """One bulk read of the host, counted for ``kinds``."""
+        """One bulk read of the host, counted for ``kinds``; a read that
+        holds memory goes to the host usage message too."""
+        read_at = base.utcnow()
         try:
             # Only the stats groups due: libvirt asks each guest's QEMU for
             # every group, and block stats cost as much as the rest.
@@ -299,6 +321,9 @@ class UsageService:
             # Builds the plugins' records and queues them; never waits.
             self.plugins.dispatch(usages, kinds, self.ledger.totals,
                                   self.reader.read_host_figures)
+        if self.host_usage is not None and base.MEMORY in kinds:
+            # Hands the reading over; never waits for the bus.
+            self.host_usage.submit(read_at, usages)
         return usages
 
     def _save(self):

@@ -67,7 +67,9 @@ class TestDefaults(ConfTestCase):
             final_exists_budget=2.0,
             libvirt_stats_workers=2,
             outbox_max_messages=100000,
-            state_dir='/var/lib/nova/usage_ext'), got)
+            state_dir='/var/lib/nova/usage_ext',
+            host_usage_interval=300,
+            host_usage_max_instances=100), got)
         self.assertEqual([], self.warnings())
 
     def test_values_in_range_are_used_as_given(self):
@@ -111,6 +113,27 @@ class TestBadValues(ConfTestCase):
         (warning,) = self.warnings()
         self.assertIn('outbox_max_messages = 0 is below the minimum; '
                       'using 100', warning)
+
+    def test_host_usage_options(self):
+        conf = self.load('[usage_ext]\nhost_usage_interval = 60\n'
+                         'host_usage_max_instances = 500\n')
+        got = usage_conf.settings(conf)
+        self.assertEqual((60, 500), (got.host_usage_interval,
+                                     got.host_usage_max_instances))
+        self.assertEqual([], self.warnings())
+        # 0 or less turns the message off, silently.
+        conf = self.load('[usage_ext]\nhost_usage_interval = -1\n')
+        self.assertEqual(0, usage_conf.host_usage_interval(conf))
+        self.assertEqual([], self.warnings())
+
+    def test_host_usage_bounds_are_clamped(self):
+        conf = self.load('[usage_ext]\nhost_usage_interval = 100000\n'
+                         'host_usage_max_instances = 0\n')
+        self.assertEqual(86400, usage_conf.host_usage_interval(conf))
+        self.assertEqual(1, usage_conf.host_usage_max_instances(conf))
+        conf = self.load('[usage_ext]\nhost_usage_max_instances = x\n')
+        self.assertEqual(100, usage_conf.host_usage_max_instances(conf))
+        self.assertEqual(3, len(self.warnings()))
 
     def test_zero_workers_read_as_one(self):
         conf = self.load('[usage_ext]\nlibvirt_stats_workers = 0\n')
@@ -327,7 +350,8 @@ class TestFuzzedConf(ConfTestCase):
         {name: CONF_VALUES for name in (
             'cpu_poll_interval', 'interface_poll_interval',
             'disk_poll_interval', 'notification_drivers',
-            'final_exists_budget', 'libvirt_stats_workers', 'state_dir')}),
+            'final_exists_budget', 'libvirt_stats_workers', 'state_dir',
+            'host_usage_interval', 'host_usage_max_instances')}),
         bandwidth=CONF_VALUES, volume=CONF_VALUES)
     def test_any_value_gives_valid_settings(self, values, bandwidth,
                                             volume):
@@ -346,6 +370,8 @@ class TestFuzzedConf(ConfTestCase):
             self.assertTrue(0 <= seconds <= 86400)
         self.assertTrue(0.1 <= got.final_exists_budget <= 30.0)
         self.assertIn(got.libvirt_stats_workers, range(1, 9))
+        self.assertTrue(0 <= got.host_usage_interval <= 86400)
+        self.assertIn(got.host_usage_max_instances, range(1, 10001))
         self.assertTrue(got.notification_drivers)
         self.assertNotIn('nova_usage_ext', got.notification_drivers)
         self.assertTrue(os.path.isabs(got.state_dir))

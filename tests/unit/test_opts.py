@@ -27,6 +27,8 @@ class TestOpts(testtools.TestCase):
                           ('usage_ext', 'final_exists_budget'),
                           ('usage_ext', 'libvirt_stats_workers'),
                           ('usage_ext', 'outbox_max_messages'),
+                          ('usage_ext', 'host_usage_interval'),
+                          ('usage_ext', 'host_usage_max_instances'),
                           ('usage_ext', 'metric_plugins'),
                           ('usage_ext', 'state_dir')}, listed)
 

@@ -340,8 +340,11 @@ class TestFromConf(testtools.TestCase):
         conf.set_override('state_path', state)
         svc = usage_service.UsageService.from_conf(
             conf, reader=None, host='compute-1')
-        self.assertEqual({'cpu': 600, 'interfaces': 600, 'disks': 300},
-                         svc.intervals)
+        # memory: the host.usage message, every 300 s by default.
+        self.assertEqual({'cpu': 600, 'interfaces': 600, 'disks': 300,
+                          'memory': 300}, svc.intervals)
+        self.assertEqual((300, 100), (svc.host_usage.interval,
+                                      svc.host_usage.max_instances))
         self.assertEqual(os.path.join(state, 'usage_ext', 'usage.db'),
                          svc.ledger.store.path)
 
@@ -355,6 +358,7 @@ class TestFromConf(testtools.TestCase):
         conf.set_override('state_dir', state, group='usage_ext')
         conf.set_override('cpu_poll_interval', 0, group='usage_ext')
         conf.set_override('bandwidth_poll_interval', 30)
+        conf.set_override('host_usage_interval', 0, group='usage_ext')
         svc = usage_service.UsageService.from_conf(conf, None, 'compute-1')
         # Disks are polled by default, whatever nova's own volume poll.
         self.assertEqual({'interfaces': 30, 'disks': 600}, svc.intervals)
