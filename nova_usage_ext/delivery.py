@@ -24,6 +24,8 @@ SEND_RETRY = 1
 FIRST_PAUSE = 1.0
 MAX_PAUSE = 60.0
 BATCH = 100
+# A send taking longer than this is stuck: the hook stops waiting for it.
+STUCK_SEND = 1.0
 
 
 class DriverSender:
@@ -46,7 +48,7 @@ class DriverSender:
         # Imported here: only a nova-compute that sends needs them.
         import oslo_messaging
         from stevedore import named
-        self._transport = _FailedSends(
+        self._transport = FailedSends(
             oslo_messaging.get_notification_transport(self._conf))
         return named.NamedExtensionManager(
             DRIVER_NAMESPACE, names=self._names, invoke_on_load=True,
@@ -54,6 +56,12 @@ class DriverSender:
             invoke_kwds={'topics': self._topics,
                          'transport': self._transport},
             name_order=True)
+
+    def close(self):
+        """Release the transport (a new one is made on the next send)."""
+        drivers, self._drivers = self._drivers, None
+        if drivers is not None:
+            self._transport.cleanup()
 
     def __call__(self, entry):
         """:raises Exception: a driver failed to send."""
@@ -66,7 +74,7 @@ class DriverSender:
         self._transport.raise_failure()
 
 
-class _FailedSends:
+class FailedSends:
     """The package's transport as the drivers see it, keeping the error
     of a send that failed.
 
@@ -118,6 +126,9 @@ class Delivery:
         #: False from a failed send until the next one that goes through:
         #: the hook then does not wait for a delivery that cannot come.
         self.healthy = True
+        # When the send under way began (a broker that accepts and never
+        # answers fails nothing: a send that hangs says it).
+        self._sending_since = None
         self.sent = 0
         self.failed = 0
 
@@ -153,7 +164,7 @@ class Delivery:
         at once while the bus is known to be away."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            if not self.healthy:
+            if not self.healthy or self._stuck():
                 return not self.store.is_queued(seq)
             while self.store.is_queued(seq):
                 left = deadline - time.monotonic()
@@ -230,6 +241,10 @@ class Delivery:
                 self._wanted = True
             pause = min(pause * 2, self._max_pause)
 
+    def _stuck(self):
+        since = self._sending_since
+        return since is not None and time.monotonic() - since > STUCK_SEND
+
     def _has_pending(self):
         return bool(self.store.pending(limit=1))
 
@@ -245,6 +260,7 @@ class Delivery:
                 with self._cond:
                     if self._stopped:
                         return False
+                self._sending_since = time.monotonic()
                 try:
                     self._send(entry)
                 except Exception as exc:
@@ -252,6 +268,8 @@ class Delivery:
                     LOG.debug('nova-usage-ext: sending message %s failed: '
                               '%s', entry.message_id, exc)
                     return True
+                finally:
+                    self._sending_since = None
                 with self._cond:
                     self.store.remove(entry.seq)
                     self.sent += 1

@@ -355,7 +355,9 @@ class Ledger:
         """
         with self._lock:
             baseline = self._baseline_next_full_read
-            self._baseline_next_full_read = False
+            # An instance this read skipped also ran before: the baseline
+            # holds until a read of the whole host.
+            self._baseline_next_full_read = baseline and not reading.complete
             for usage in reading.usages:
                 self._add(usage, baseline=baseline)
             if baseline and reading.usages:

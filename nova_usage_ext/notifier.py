@@ -105,10 +105,13 @@ class UsageNotifierDriver(notifier.Driver):
         # Never raises: bad values are logged once and replaced.
         self.budget = usage_conf.final_exists_budget(conf)
         names = list(usage_conf.notification_drivers(conf))
+        # nova's own transport, unchanged but for noting a failed send:
+        # oslo.messaging's drivers log it and return as if sent.
+        self._transport = delivery.FailedSends(transport)
         self._drivers = named.NamedExtensionManager(
             delivery.DRIVER_NAMESPACE, names=names, invoke_on_load=True,
             invoke_args=[conf],
-            invoke_kwds={'topics': topics, 'transport': transport},
+            invoke_kwds={'topics': topics, 'transport': self._transport},
             name_order=True,
             on_missing_entrypoints_callback=self._missing)
         # The package's own messages go through the same drivers over a
@@ -169,6 +172,7 @@ class UsageNotifierDriver(notifier.Driver):
 
     def _forward(self, ctxt, msg, priority, retry, raise_errors=False):
         failed = None
+        self._transport.forget()
         for ext in self._drivers.extensions:
             try:
                 ext.obj.notify(ctxt, msg, priority, retry)
@@ -177,6 +181,10 @@ class UsageNotifierDriver(notifier.Driver):
                 LOG.exception("Problem '%(e)s' attempting to send to "
                               "notification driver %(driver)s",
                               {'e': exc, 'driver': ext.name})
+        try:
+            self._transport.raise_failure()
+        except Exception as exc:
+            failed = exc
         if failed is not None and raise_errors:
             raise failed
 

@@ -362,3 +362,23 @@ class TestMisconfigured(HookTestCase):
         self.assertEqual(['messagingv2'],
                          [e.name for e in self.driver._drivers.extensions])
         self.assertIn('names no driver', self.log.output)
+
+
+class TestMessagingDriverFailures(HookTestCase):
+    """oslo.messaging's messaging drivers log a failed send and return as
+    if it went out: the hook must still see it."""
+
+    def test_nova_s_exists_failed_in_messagingv2_stays_queued(self):
+        self.conf.set_override('notification_drivers', ['messagingv2'],
+                               group='usage_ext')
+        self.start()
+        transport = self.driver._transport._transport
+        self.useFixture(fixtures.MockPatchObject(
+            transport, '_send_notification',
+            side_effect=oslo_messaging.MessageDeliveryFailure('no broker')))
+        msg = _legacy_exists(self.uuids[0])
+        self.driver.notify({}, msg, 'INFO', 0)
+        self.assertIn('Could not send notification', self.log.output)
+        self.wait_for(lambda: len(self.sends.sent) == 1)
+        self.assertEqual(msg['message_id'],
+                         self.sends.sent[0]['message_id'])
