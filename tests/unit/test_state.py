@@ -239,3 +239,15 @@ class TestBaseline(StateTestCase):
         self.assertFalse(book.wants_baseline)
         book.update_one(_usage(500, T0))
         self.assertEqual(500, book.period_usage(UUID).cpu_time_ns)
+
+    def test_an_incomplete_first_read_keeps_the_baseline_for_the_rest(self):
+        other = '00000000-0000-0000-0000-000000000002'
+        book = self.ledger()
+        skipped = _usage(7000000000000, T0)
+        skipped.uuid = other
+        # The first read could not read `other`.
+        book.update(base.HostReading([_usage(10, T0)], complete=False))
+        self.assertTrue(book.wants_baseline)
+        book.update(base.HostReading([_usage(20, T0), skipped]))
+        self.assertEqual(0, book.period_usage(other).cpu_time_ns)
+        self.assertFalse(book.wants_baseline)
