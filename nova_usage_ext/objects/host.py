@@ -39,6 +39,8 @@ class HostInstanceUsagePayload(base.UsageObject):
         'project_id': fields.StringField(nullable=True),
         'user_id': fields.StringField(nullable=True),
         'flavor_name': fields.StringField(nullable=True),
+        'flavor_id': fields.StringField(nullable=True),
+        'image_ref': fields.StringField(nullable=True),
         'vcpus': fields.NonNegativeIntegerField(),
         'memory_mb': fields.NonNegativeIntegerField(),
         'root_gb': fields.NonNegativeIntegerField(),
@@ -68,6 +70,8 @@ class HostInstanceUsagePayload(base.UsageObject):
             'project_id': record.project_id,
             'user_id': record.user_id,
             'flavor_name': record.flavor.name if record.flavor else None,
+            'flavor_id': record.flavor.id if record.flavor else None,
+            'image_ref': record.image_ref,
             'power_state': record.state_name,
         }
         flavor = record.flavor

@@ -81,6 +81,8 @@ class Flavor:
     root_gb: int | None = None
     ephemeral_gb: int | None = None
     swap_mb: int | None = None
+    # nova's flavor id, where nova recorded it (nova 25 and later).
+    id: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -188,6 +190,9 @@ class InstanceUsage:
     # meter reports (libvirt: virDomainState, 1 running ... 5 shut off);
     # ``state`` is nova's power state. None where the backend has none.
     hypervisor_state: int | None = None
+    # The Glance image the instance booted from; None when booted from a
+    # volume or not recorded.
+    image_ref: str | None = None
     # True when vcpu_time_ns is the process's cpu_time_ns because the
     # vCPU entries had holes (as ceilometer falls back): the two do not
     # count the same thing, so a switch between them is no usage.

@@ -39,6 +39,8 @@ class NovaDomain:
     disks: list[tuple[str, str | None]]
     # (target dev or None, MAC or None), in XML order
     interfaces: list[tuple[str | None, str | None]]
+    # The image of <root type='image'>, None when booted from a volume.
+    image_ref: str | None = None
 
 
 def _int_or_none(text):
@@ -96,7 +98,8 @@ def _parse_metadata(element, ns):
                          memory_mb=flavor_int('memory'),
                          root_gb=flavor_int('disk'),
                          ephemeral_gb=flavor_int('ephemeral'),
-                         swap_mb=flavor_int('swap'))
+                         swap_mb=flavor_int('swap'),
+                         id=flavor_el.get('id') or None)
     return (element.findtext(q + 'name'), project.get('uuid'),
             user.get('uuid'), flavor)
 
@@ -116,6 +119,7 @@ def parse(xml_text):
     if element is None:
         return None
     display_name, project_id, user_id, flavor = _parse_metadata(element, ns)
+    image = element.find("{%s}root[@type='image']" % ns)
 
     disks = []
     interfaces = []
@@ -147,4 +151,5 @@ def parse(xml_text):
         memory_mb=_memory_mb(root.find('memory')),
         disks=disks,
         interfaces=interfaces,
+        image_ref=image.get('uuid') if image is not None else None,
     )

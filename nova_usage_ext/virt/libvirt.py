@@ -502,6 +502,7 @@ class LibvirtUsageReader(base.UsageReader):
             generation=domain_id,
             kinds=frozenset(kinds) - {base.MEMORY},
             hypervisor_state=libvirt_state,
+            image_ref=nova.image_ref,
             uuid=nova.uuid,
             name=nova.name,
             display_name=nova.display_name,

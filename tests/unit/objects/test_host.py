@@ -20,7 +20,8 @@ def usage(index, memory=True, state=base.RUNNING, hypervisor_state=1):
         uuid='1b1c7e5e-5f4a-4c1e-9d55-0c3f6b1a%04d' % index,
         name='instance-%08x' % index, display_name='web-%d' % index,
         project_id='p' * 32, user_id='u' * 32,
-        flavor=base.Flavor('m1.small', 1, 2048, 20, 5, 0),
+        flavor=base.Flavor('m1.small', 1, 2048, 20, 5, 0, id='42'),
+        image_ref='5d8a1b8e-6f0e-4c1b-9a57-3c2f0e7d0000',
         state=state, read_at=READ_AT, cpu_time_ns=123456789,
         vcpu_time_ns=120000000, vcpus=1, memory_mb=2048,
         hypervisor_state=hypervisor_state,
@@ -62,6 +63,10 @@ class TestHostUsagePayload(testtools.TestCase):
         self.assertEqual(1, fields['hypervisor_state'])
         self.assertEqual(120000000, fields['vcpu_time_ns'])
         self.assertEqual((20, 5), (fields['root_gb'], fields['ephemeral_gb']))
+        self.assertEqual(('m1.small', '42'), (fields['flavor_name'],
+                                              fields['flavor_id']))
+        self.assertEqual('5d8a1b8e-6f0e-4c1b-9a57-3c2f0e7d0000',
+                         fields['image_ref'])
         self.assertEqual({'memory_actual_kib': 2097152,
                           'memory_available_kib': 2030000,
                           'memory_usable_kib': 1500000,

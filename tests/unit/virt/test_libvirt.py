@@ -1,6 +1,7 @@
 """The libvirt reader against libvirt's own test driver (in process)."""
 
 import logging
+import re
 
 import fixtures
 import libvirt
@@ -71,6 +72,24 @@ class TestNovaInstanceFilter(ReaderTestCase):
             self.assertEqual('m1.small', usage.flavor.name)
             self.assertEqual(2048, usage.memory_mb)
             self.assertEqual(1, usage.vcpus)  # from <vcpu>, what runs
+
+    def test_flavor_id_and_image_as_nova_records_them(self):
+        xml = libvirt_node.nova_test_domain(3)
+        image = re.search(r'<nova:root type="image" uuid="([^"]+)"',
+                          xml).group(1)
+        # nova 34 writes the flavor's id beside its name.
+        node = self.make_node(xml.replace(
+            '<nova:flavor name="m1.tiny">',
+            '<nova:flavor name="m1.tiny" id="42">'))
+        (usage,) = self.make_reader(node).read_all()
+        self.assertEqual(image, usage.image_ref)
+        self.assertEqual('42', usage.flavor.id)
+        # Booted from a volume, and a flavor without an id (older nova).
+        node = self.make_node(re.sub(r'<nova:root [^>]*/>', '',
+                                     libvirt_node.nova_test_domain(4)))
+        (usage,) = self.make_reader(node).read_all()
+        self.assertIsNone(usage.image_ref)
+        self.assertIsNone(usage.flavor.id)
 
     def test_malformed_metadata_is_skipped_and_logged_once(self):
         broken = ('<nova:instance xmlns:nova="%s"><nova:name>x</nova:name>'

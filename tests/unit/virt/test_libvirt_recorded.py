@@ -16,6 +16,7 @@ a real reply), and says so in its ``derived`` field.
 import json
 import logging
 import os
+import re
 
 import fixtures
 import libvirt
@@ -315,6 +316,16 @@ class TestBalloonCycle(RecordedTestCase):
         first, second = usage.interfaces
         self.assertInterfaceCounters(first, stats, 0)
         self.assertInterfaceCounters(second, stats, 1)
+
+    def test_image_from_the_recorded_xml(self):
+        _reading, usages = self.read()
+        for role in NOVA_ROLES:
+            xml = self.entry(role)['xml']
+            (recorded,) = re.findall(
+                r':root type="image" uuid="([^"]+)"', xml)
+            self.assertEqual(recorded, usages[role].image_ref)
+        self.assertEqual('d6b2c5d1-1e30-4df3-8eca-9240dbeb6e2c',
+                         usages['running'].image_ref)
 
     def test_shut_off_guest_has_no_memory(self):
         # libvirt fills the balloon's size from the definition.
