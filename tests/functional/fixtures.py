@@ -396,8 +396,18 @@ class QemuGuests(fixtures.Fixture):
         """Reset the guest so that its firmware reads the disk again.
 
         Returns once the disk's read requests have grown (bounded wait).
+        A guest that has not read its disk since it started is first left
+        to finish booting: a reset during the firmware's start-up could
+        leave it never reading the disk again (seen with TCG).
         """
         dom = self.domain(guest)
+        deadline = time.monotonic() + timeout
+        while dom.blockStats(guest.disk_device)[0] == 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    'guest %s did not read %s within %d s of its start'
+                    % (guest.name, guest.disk_device, timeout))
+            time.sleep(0.02)
         before = dom.blockStats(guest.disk_device)[0]
         dom.reset()
         deadline = time.monotonic() + timeout
