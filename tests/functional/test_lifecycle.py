@@ -121,13 +121,18 @@ def growth(readings):
     return grown
 
 
+def usage_of(message):
+    """The usage payload's data of an exists or an instance.usage."""
+    payload = message['payload']
+    return payload.get('usage', payload)['nova_object.data']
+
+
 def period_of(message):
-    return message['payload']['usage']['nova_object.data']['period'][
-        'nova_object.data']
+    return usage_of(message)['period']['nova_object.data']
 
 
 def is_final(message):
-    return message['payload']['usage']['nova_object.data']['final']
+    return usage_of(message)['final']
 
 
 class LifecycleTestCase(nova_tests.NovaComputeTestCase):
@@ -226,8 +231,7 @@ class LifecycleTestCase(nova_tests.NovaComputeTestCase):
         self.assertTrue(exists)
         billed = {}
         for message in exists:
-            usage = message['payload']['usage']['nova_object.data']
-            self.assertEqual(self.host, usage['host'])
+            self.assertEqual(self.host, usage_of(message)['host'])
             for key, value in wire_counters(period_of(message)).items():
                 self.assertGreaterEqual(value, 0, key)
                 billed[key] = billed.get(key, 0) + value
@@ -617,6 +621,39 @@ class TestLeavingTheHost(LifecycleTestCase):
         self.assert_billed_equals_growth(exists, one_process=True)
         # The part that could not be read: used, never reported.
         self.assertLess(usage['cpu_time_ns'], at_end['cpu'])
+
+
+class TestVersionedNotificationsOnly(LifecycleTestCase):
+    """``[notifications] notification_format = versioned``: nova sends no
+    legacy exists; the package's instance.usage after nova's
+    instance.exists carries the period, the final is the package's."""
+
+    notification_format = 'versioned'
+
+    def test_shelve_then_offload(self):
+        self.use_guest()
+        self.service.poll()
+        self.use_guest()
+        self.nova_exists_current_period()
+        self.nova_notifies('shelve.start', ACTION.SHELVE, START)
+        self.use_guest()
+        self.dom.destroy()
+        self.nova_notifies('shelve.end', ACTION.SHELVE, END)
+        self.nova_notifies('shelve_offload.start', ACTION.SHELVE_OFFLOAD,
+                           START)
+        self.domain_leaves()
+        self.nova_notifies('shelve_offload.end', ACTION.SHELVE_OFFLOAD, END)
+
+        mine = self.sent()
+        self.assertEqual(['instance.exists', 'instance.usage'],
+                         [m['event_type'] for m in mine][:2])
+        reports = [m for m in mine
+                   if m['event_type'] in ('instance.usage', EXISTS)]
+        self.assertEqual(['instance.usage', EXISTS],
+                         [m['event_type'] for m in reports])
+        self.assertEqual('hypervisor', usage_of(reports[0])['source'])
+        self.assert_one_final(reports, 'shelved_offloaded')
+        self.assert_billed_equals_growth(reports, one_process=True)
 
 
 class TestNovaComputeRestart(LifecycleTestCase):
