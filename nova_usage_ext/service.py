@@ -131,6 +131,15 @@ class _Reads:
         self._cond = threading.Condition()
         self._queue = []
         self._threads = []
+        self._stopped = False
+
+    def stop(self):
+        """The workers end, after a read under way: a stopped service
+        leaves no thread behind."""
+        with self._cond:
+            self._stopped = True
+            self._threads = []
+            self._cond.notify_all()
 
     def read(self, uuid, timeout):
         """The reading, or None when it did not come within ``timeout``.
@@ -159,6 +168,8 @@ class _Reads:
         while True:
             with self._cond:
                 while not self._queue:
+                    if self._stopped:
+                        return
                     self._cond.wait()
                 job = self._queue.pop(0)
             try:
@@ -269,6 +280,7 @@ class UsageService:
             self._loop.stop()
             self._loop = None
         self.delivery.stop()
+        self._reads.stop()
         if self.plugins is not None:
             self.plugins.close()
         if self.host_usage is not None:
