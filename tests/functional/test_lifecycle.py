@@ -252,10 +252,15 @@ class LifecycleTestCase(nova_tests.NovaComputeTestCase):
             self.assertEqual(
                 {self.readings[0].generation},
                 {u.generation for u in self.readings} - {None})
-            first = reading_counters(self.readings[0])
-            # (A shut-off domain's reading has no counters.)
-            last = reading_counters([u for u in self.readings
-                                     if u.generation is not None][-1])
+            # Each counter from its first reading (a kind may be missing
+            # from one: a disk busy in that cycle) to its last (a shut-off
+            # domain's reading has no counters).
+            first, last = {}, {}
+            for usage in self.readings:
+                values = reading_counters(usage)
+                last.update(values)
+                for key, value in values.items():
+                    first.setdefault(key, value)
             self.assertEqual({key: last[key] - first[key] for key in first},
                              billed)
         return billed
