@@ -40,7 +40,14 @@ def group_of(name):
 def load_class(name):
     """The plugin class of entry point ``name``; raises when missing."""
     return stevedore.DriverManager(plugins.NAMESPACE, name,
-                                   invoke_on_load=False).driver
+                                   invoke_on_load=False,
+                                   on_load_failure_callback=_load_failed
+                                   ).driver
+
+
+def _load_failed(_manager, entry_point, exc):
+    # The import error, not stevedore's "no driver found".
+    raise exc
 
 
 @dataclasses.dataclass

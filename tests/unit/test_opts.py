@@ -30,6 +30,8 @@ class TestOpts(testtools.TestCase):
                           ('usage_ext', 'host_usage_interval'),
                           ('usage_ext', 'host_usage_max_instances'),
                           ('usage_ext', 'metric_plugins'),
+                          ('usage_ext_thresholds', 'rules_file'),
+                          ('usage_ext_thresholds', 'notification_topics'),
                           ('usage_ext', 'state_dir')}, listed)
 
     def test_no_option_raises_when_read(self):

@@ -25,8 +25,10 @@ def sample_usages():
         with open(os.path.join(SAMPLES, name)) as f:
             message = json.load(f)
         payload = message['payload']
-        found.append(payload if message['event_type'] == 'instance.usage'
-                     else payload['usage'])
+        if message['event_type'] == 'instance.usage':
+            found.append(payload)
+        elif message['event_type'] == 'compute.instance.exists':
+            found.append(payload['usage'])
     return found
 
 

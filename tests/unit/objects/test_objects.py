@@ -25,6 +25,7 @@ EXPECTED_FINGERPRINTS = {
     'InstanceUsagePayload': '1.2-2c090b7a815933765498fd2aba6b21b3',
     'InterfaceUsagePayload': '1.0-7e29e472326cacb5393a2d7d2b72048f',
     'PeriodUsagePayload': '1.1-ee1a40fd4a3bf93d03485f2181dfac92',
+    'UsageAlertPayload': '1.0-d2031f66a3adb17979f02834c3d16348',
 }
 
 READ_AT = datetime.datetime(2026, 11, 22, 10, 30, 0, 250000,

@@ -285,6 +285,7 @@ class TestIsolation(ManagerTestCase):
         for _ in range(4):
             svc.poll(('cpu',))
             self.idle(plugins, 'bad')
+        self.idle(plugins, 'cpu')
         runner = plugins.runners['bad']
         self.assertEqual(1, self.log.output.count(
             'metric plugin bad failed in on_cpu'))
