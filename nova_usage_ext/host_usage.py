@@ -26,9 +26,15 @@ EVENT_TYPE = host_objects.EVENT_TYPE
 def messages(host, read_at, usages, max_instances):
     """The ``host.usage`` messages of one reading, as oslo.messaging puts
     them on the bus (one per part)."""
-    return [exists.notification(part, host, read_at, event_type=EVENT_TYPE)
-            for part in host_objects.HostUsagePayload.wire_parts(
-                host, read_at, usages, max_instances)]
+    built = []
+    for part in host_objects.HostUsagePayload.wire_parts(
+            host, read_at, usages, max_instances):
+        message = exists.notification(part, host, read_at,
+                                      event_type=EVENT_TYPE)
+        # A versioned payload: nova's versioned publisher.
+        message['publisher_id'] = 'nova-compute:%s' % host
+        built.append(message)
+    return built
 
 
 class HostUsageSender:

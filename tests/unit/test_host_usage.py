@@ -149,7 +149,7 @@ class TestMessage(HostUsageTestCase):
         message = entry.message
         self.assertEqual('host.usage', message['event_type'])
         self.assertEqual('INFO', entry.priority)
-        self.assertEqual('compute.compute-1', message['publisher_id'])
+        self.assertEqual('nova-compute:compute-1', message['publisher_id'])
         payload = obj_base.UsageObject.obj_from_primitive(message['payload'])
         self.assertEqual('compute-1', payload.host)
         self.assertEqual((1, 1), (payload.part, payload.parts))
