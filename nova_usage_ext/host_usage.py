@@ -14,6 +14,7 @@ import threading
 
 from oslo_log import log as logging
 
+from nova_usage_ext import delivery
 from nova_usage_ext import exists
 from nova_usage_ext import state
 from nova_usage_ext.objects import host as host_objects
@@ -35,6 +36,31 @@ def messages(host, read_at, usages, max_instances):
         message['publisher_id'] = 'nova-compute:%s' % host
         built.append(message)
     return built
+
+
+class DriversOnNovaTopics:
+    """Sends through the notification drivers, over a transport of its
+    own, on the topics of nova's legacy notifier (``[oslo_messaging_
+    notifications] topics``, ``notifications`` by default): where
+    ceilometer's notification agent listens, whatever nova's
+    ``notification_format``. Made on first use, once nova set up its
+    notifiers.
+    """
+
+    def __init__(self, conf, names):
+        self._conf = conf
+        self._names = names
+        self._sender = None
+
+    def __call__(self, entry):
+        if self._sender is None:
+            try:
+                topics = list(self._conf.oslo_messaging_notifications.topics)
+            except Exception:  # oslo.messaging's options not registered
+                topics = ['notifications']
+            self._sender = delivery.DriverSender(self._conf, topics,
+                                                 self._names)
+        self._sender(entry)
 
 
 class HostUsageSender:

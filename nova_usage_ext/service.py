@@ -245,7 +245,8 @@ class UsageService:
                    host_usage=usage_host_usage.HostUsageSender(
                        host, settings.host_usage_interval,
                        settings.host_usage_max_instances,
-                       _send_through_drivers))
+                       usage_host_usage.DriversOnNovaTopics(
+                           conf, settings.notification_drivers)))
 
     # -- the periodic loop ------------------------------------------------
 

@@ -23,7 +23,6 @@ from testtools import content
 from nova_usage_ext import ceilometer_endpoint
 from nova_usage_ext import ceilometer_meters
 from nova_usage_ext import conf as usage_conf
-from nova_usage_ext import delivery
 from nova_usage_ext import host_usage
 from nova_usage_ext import ledger
 from nova_usage_ext import service as usage_service
@@ -208,8 +207,10 @@ class TestNotificationAgent(testtools.TestCase):
         sender_conf.set_override('transport_url', bus.RABBIT_URL,
                                  group='oslo_messaging_notifications')
         listener = self.useFixture(bus.Listener(sender_conf))
-        send = delivery.DriverSender(sender_conf, [topic, listener.topic],
-                                     ['messagingv2'])
+        # nova's legacy notifier's topics, where ceilometer listens.
+        sender_conf.set_override('topics', [topic, listener.topic],
+                                 group='oslo_messaging_notifications')
+        send = host_usage.DriversOnNovaTopics(sender_conf, ['messagingv2'])
         node = self.useFixture(libvirt_node.TestNode([
             libvirt_node.nova_test_domain(i, n_disks=2).replace(
                 '</devices>', "<memballoon model='virtio'/></devices>")
