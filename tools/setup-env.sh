@@ -12,7 +12,7 @@ what=${1:-run}
 
 run_pkgs="libvirt-dev pkg-config gcc python3-dev python3-venv"
 test_pkgs="libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86
-           qemu-utils libvirt-clients"
+           qemu-utils libvirt-clients collectd-core prometheus"
 
 broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 

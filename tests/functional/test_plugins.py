@@ -1,8 +1,12 @@
 """Metric plugins over the real RabbitMQ: the thresholds plugin's alerts
 as they arrive, against doc/notification_samples."""
 
+import glob
 import logging
 import os
+import socket
+import subprocess
+import time
 
 import fixtures
 import oslo_messaging
@@ -109,3 +113,140 @@ class TestAlertOnTheBus(testtools.TestCase):
         self.assertEqual([], test_notifier.shape_mismatches(
             sample['payload'], clear['payload']))
         self.assertEqual(2, len(self.listener.messages))
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class CollectdStatsd(fixtures.Fixture):
+    """collectd's statsd plugin (Debian's collectd-core) on a free UDP
+    port, writing what it flushes every second to CSV files."""
+
+    def _setUp(self):
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.port = free_port()
+        conf = os.path.join(self.dir, 'collectd.conf')
+        with open(conf, 'w') as f:
+            f.write(COLLECTD_CONF % {'dir': self.dir, 'port': self.port})
+        self.log_path = os.path.join(self.dir, 'collectd.log')
+        log = open(self.log_path, 'w')
+        self.addCleanup(log.close)
+        self.process = subprocess.Popen(
+            ['collectd', '-C', conf, '-f'], stdout=log,
+            stderr=subprocess.STDOUT)
+        self.addCleanup(self._stop)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(self.log_path) as f:
+                if 'Listening on' in f.read():
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        with open(self.log_path) as f:
+            raise AssertionError('collectd did not start: %s' % f.read())
+
+    def _stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def last(self, kind, name):
+        """The last value collectd flushed for ``kind-name``, or None."""
+        pattern = os.path.join(self.dir, 'csv', 'statsd-test', 'statsd',
+                               '%s-%s-*' % (kind, name))
+        values = []
+        for path in glob.glob(pattern):
+            with open(path) as f:
+                values += [float(line.split(',')[1])
+                           for line in f.read().splitlines()[1:]]
+        return values[-1] if values else None
+
+    def total(self, kind, name):
+        """The sum of every value flushed for ``kind-name``."""
+        pattern = os.path.join(self.dir, 'csv', 'statsd-test', 'statsd',
+                               '%s-%s-*' % (kind, name))
+        total = 0.0
+        for path in glob.glob(pattern):
+            with open(path) as f:
+                total += sum(float(line.split(',')[1])
+                             for line in f.read().splitlines()[1:])
+        return total
+
+
+COLLECTD_CONF = """
+Hostname "statsd-test"
+FQDNLookup false
+Interval 1
+BaseDir "%(dir)s"
+TypesDB "/usr/share/collectd/types.db"
+LoadPlugin statsd
+LoadPlugin csv
+<Plugin statsd>
+  Host "127.0.0.1"
+  Port "%(port)d"
+  DeleteGauges false
+  CounterSum true
+</Plugin>
+<Plugin csv>
+  DataDir "%(dir)s/csv"
+  StoreRates false
+</Plugin>
+"""
+
+
+class TestStatsdServer(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        self.server = self.useFixture(CollectdStatsd())
+        tmp = self.useFixture(fixtures.TempDir()).path
+        conf_path = os.path.join(tmp, 'nova.conf')
+        with open(conf_path, 'w') as f:
+            f.write('[usage_ext]\nmetric_plugins = statsd\n'
+                    '[usage_ext_statsd]\nport = %d\n' % self.server.port)
+        self.conf = bus.make_conf()
+        self.conf(['--config-file', conf_path])
+        self.node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.nova_test_domain(0)]))
+        self.plugins = manager.PluginManager(self.conf, 'compute-1')
+        self.service = usage_service.UsageService(
+            libvirt_usage.LibvirtUsageReader(self.node.connection),
+            ledger.Ledger(state.Store(tmp)), 'compute-1', {},
+            plugins=self.plugins)
+        self.plugins.start()
+        self.addCleanup(self.plugins.close)
+
+    def test_the_server_flushes_what_the_ledger_counted(self):
+        self.service.poll()
+        first = self.service.ledger.totals(UUID0)
+        time.sleep(0.2)
+        self.service.poll()
+        second = self.service.ledger.totals(UUID0)
+        self.assertTrue(self.plugins.runners['statsd'].wait_idle(10))
+        name = 'nova.compute-1.%s.' % UUID0
+        used = second.vcpu_time_ns - first.vcpu_time_ns
+        read = (second.disks['vda'].read_bytes -
+                first.disks['vda'].read_bytes)
+        interval = (second.read_at - first.read_at).total_seconds()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if (self.server.total('count', name + 'cpu.vcpu_time_ns') and
+                    self.server.last('gauge', name + 'cpu.percent')):
+                break
+            time.sleep(0.2)
+        self.assertEqual(used, self.server.total(
+            'count', name + 'cpu.vcpu_time_ns'))
+        self.assertEqual(read, self.server.total(
+            'count', name + 'disk.vda.read_bytes'))
+        self.assertAlmostEqual(used / interval / 1e9 * 100, self.server.last(
+            'gauge', name + 'cpu.percent'), places=3)
+        self.assertEqual(1.0, self.server.last(
+            'gauge', 'nova.compute-1.host.instances'))

@@ -32,6 +32,11 @@ class TestOpts(testtools.TestCase):
                           ('usage_ext', 'metric_plugins'),
                           ('usage_ext_thresholds', 'rules_file'),
                           ('usage_ext_thresholds', 'notification_topics'),
+                          ('usage_ext_statsd', 'host'),
+                          ('usage_ext_statsd', 'port'),
+                          ('usage_ext_statsd', 'prefix'),
+                          ('usage_ext_statsd', 'name_template'),
+                          ('usage_ext_statsd', 'host_template'),
                           ('usage_ext', 'state_dir')}, listed)
 
     def test_no_option_raises_when_read(self):
