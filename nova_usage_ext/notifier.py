@@ -56,10 +56,7 @@ DELETE_START = ('compute.instance.delete.start', 'instance.delete.start')
 # reads too.)
 _PROCESS_ENDS = ('power_off.start', 'shelve.start', 'suspend.start',
                  'reboot.start', 'rebuild.start', 'rescue.start',
-                 'unrescue.start', 'resize.start', 'resize_prep.start',
-                 'live_migration_pre.start', 'live_migration._post.start',
-                 'live_migration_post.start', 'shelve_offload.start',
-                 'evacuate')
+                 'unrescue.start', 'resize.start', 'shelve_offload.start')
 PROCESS_ENDS = tuple(prefix + event for event in _PROCESS_ENDS
                      for prefix in ('compute.instance.', 'instance.'))
 # The instance has left this host (or its process here is gone for good):
