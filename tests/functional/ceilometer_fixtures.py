@@ -1,23 +1,19 @@
-"""Ceilometer 27's own code, set up for the tests of the meter definitions.
+"""Ceilometer 27's own code, set up for the tests of the sample endpoint.
 
 - ``CeilometerConf``: ``ceilometer.service.prepare_service([], [])``, the way
   ceilometer's services build their configuration, without its process-wide
   side effects outliving the test (oslo.log's handlers, oslo.messaging's
   default exchange).
-- ``meter_processor``: ceilometer's ``ProcessMeterNotifications`` over the
-  given definition directories.
 - ``ComputePollsters``: ceilometer's compute pollsters (its
   ``ceilometer.poll.compute`` entry points) on its own
   ``LibvirtInspector``; ``discover`` runs its libvirt-metadata instance
   discovery on a given set of guests.
 - ``NotificationAgent``: ceilometer's ``NotificationService`` listening on
   the real RabbitMQ, publishing to a file.
-- ``expected_samples``: what the definitions must give for a usage payload,
-  computed here from the payload's documented fields (not with jsonpath).
+- ``load_gnocchi_resources``: the gnocchi publisher's resource definitions.
 """
 
 import contextlib
-import datetime
 import io
 import json
 import os
@@ -42,10 +38,6 @@ from tests.functional import bus
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-METERS_DIR = os.path.join(REPO, 'etc', 'ceilometer', 'meters.d')
-METERS_FILE = os.path.join(METERS_DIR, 'nova-usage-ext.yaml')
-GNOCCHI_ATTRIBUTES_FILE = os.path.join(
-    REPO, 'etc', 'ceilometer', 'gnocchi-resources-nova-usage-ext.yaml')
 CEILOMETER_DIR = os.path.dirname(os.path.dirname(
     os.path.abspath(meter_notifications.__file__)))
 PACKAGED_METERS_DIR = os.path.join(CEILOMETER_DIR, 'data', 'meters.d')
@@ -53,37 +45,35 @@ PACKAGED_GNOCCHI_RESOURCES = os.path.join(
     CEILOMETER_DIR, 'publisher', 'data', 'gnocchi_resources.yaml')
 
 CUMULATIVE = 'cumulative'
+GAUGE = 'gauge'
 
-# The meters the definitions give: name -> (type, unit, device kind,
-# payload field). They are ceilometer's compute pollsters' meters of the
-# same names (ceilometer/compute/pollsters/*.py).
+# The meters the package's endpoint gives: name -> (type, unit, device
+# kind), as ceilometer's compute pollsters of the same names give them
+# (ceilometer/compute/pollsters/*.py).
 METERS = {
-    'cpu': (CUMULATIVE, 'ns', 'instance', 'vcpu_time_ns'),
-    'disk.device.read.bytes': (CUMULATIVE, 'B', 'disk', 'read_bytes'),
-    'disk.device.read.requests': (CUMULATIVE, 'request', 'disk',
-                                  'read_requests'),
-    'disk.device.write.bytes': (CUMULATIVE, 'B', 'disk', 'write_bytes'),
-    'disk.device.write.requests': (CUMULATIVE, 'request', 'disk',
-                                   'write_requests'),
-    'network.incoming.bytes': (CUMULATIVE, 'B', 'vnic', 'rx_bytes'),
-    'network.incoming.packets': (CUMULATIVE, 'packet', 'vnic', 'rx_packets'),
-    'network.incoming.packets.drop': (CUMULATIVE, 'packet', 'vnic',
-                                      'rx_drops'),
-    'network.incoming.packets.error': (CUMULATIVE, 'packet', 'vnic',
-                                       'rx_errors'),
-    'network.outgoing.bytes': (CUMULATIVE, 'B', 'vnic', 'tx_bytes'),
-    'network.outgoing.packets': (CUMULATIVE, 'packet', 'vnic', 'tx_packets'),
-    'network.outgoing.packets.drop': (CUMULATIVE, 'packet', 'vnic',
-                                      'tx_drops'),
-    'network.outgoing.packets.error': (CUMULATIVE, 'packet', 'vnic',
-                                       'tx_errors'),
+    'power.state': (GAUGE, '', 'instance'),
+    'cpu': (CUMULATIVE, 'ns', 'instance'),
+    'memory.usage': (GAUGE, 'MiB', 'instance'),
+    'memory.available': (GAUGE, 'MiB', 'instance'),
+    'disk.device.read.bytes': (CUMULATIVE, 'B', 'disk'),
+    'disk.device.read.requests': (CUMULATIVE, 'request', 'disk'),
+    'disk.device.write.bytes': (CUMULATIVE, 'B', 'disk'),
+    'disk.device.write.requests': (CUMULATIVE, 'request', 'disk'),
+    'network.incoming.bytes': (CUMULATIVE, 'B', 'vnic'),
+    'network.incoming.packets': (CUMULATIVE, 'packet', 'vnic'),
+    'network.incoming.packets.drop': (CUMULATIVE, 'packet', 'vnic'),
+    'network.incoming.packets.error': (CUMULATIVE, 'packet', 'vnic'),
+    'network.outgoing.bytes': (CUMULATIVE, 'B', 'vnic'),
+    'network.outgoing.packets': (CUMULATIVE, 'packet', 'vnic'),
+    'network.outgoing.packets.drop': (CUMULATIVE, 'packet', 'vnic'),
+    'network.outgoing.packets.error': (CUMULATIVE, 'packet', 'vnic'),
 }
 
 # Every other meter of ceilometer 27's compute pollsters, and why the
-# notification does not give it. Together with METERS this must be exactly
-# the ceilometer.poll.compute entry points: a pollster added by a later
+# package does not give it. Together with METERS this must be exactly the
+# ceilometer.poll.compute entry points: a pollster added by a later
 # ceilometer fails the parity test until it is classified here.
-_NO_DATA = 'the usage payload has no data for it'
+_NO_DATA = 'the host usage payload has no data for it'
 OUT_OF_SCOPE = {
     'memory': 'ceilometer\'s own meters.yaml gives it from nova\'s '
               'compute.instance.* notifications (flavor memory_mb; the '
@@ -94,14 +84,13 @@ OUT_OF_SCOPE = {
                       'notifications',
     'disk.ephemeral.size': 'ceilometer\'s own meters.yaml gives it from '
                            'nova\'s notifications',
-    'memory.usage': _NO_DATA + ' (balloon statistics of the guest)',
-    'memory.available': _NO_DATA + ' (balloon statistics of the guest)',
-    'memory.resident': _NO_DATA + ' (RSS of the QEMU process)',
-    'memory.swap.in': _NO_DATA + ' (balloon statistics of the guest)',
-    'memory.swap.out': _NO_DATA + ' (balloon statistics of the guest)',
-    'disk.device.capacity': 'a gauge of the disk size, not usage; the '
-                            'payload has capacity_bytes but this file does '
-                            'not map it (not asked for)',
+    'memory.resident': 'not in the default polling.yaml (the payload has '
+                       'memory_rss_kib; not mapped)',
+    'memory.swap.in': _NO_DATA + ' (balloon swap counters)',
+    'memory.swap.out': _NO_DATA + ' (balloon swap counters)',
+    'disk.device.capacity': 'a gauge of the disk size, not usage, not in '
+                            'the default polling.yaml (the payload has '
+                            'capacity_bytes; not mapped)',
     'disk.device.allocation': _NO_DATA + ' (blockInfo allocation)',
     'disk.device.usage': _NO_DATA + ' (blockInfo physical size)',
     'disk.device.read.latency': _NO_DATA + ' (blockStatsFlags times)',
@@ -114,27 +103,11 @@ OUT_OF_SCOPE = {
                                     'agent\'s own in-memory cache',
     'network.outgoing.bytes.delta': 'a delta between two polls of the '
                                     'agent\'s own in-memory cache',
-    'power.state': 'a gauge of the libvirt state code; the payload has '
-                   'power_state as a name (in the samples\' metadata)',
     'perf.cpu.cycles': _NO_DATA + ' (perf events, off by default)',
     'perf.instructions': _NO_DATA + ' (perf events, off by default)',
     'perf.cache.references': _NO_DATA + ' (perf events, off by default)',
     'perf.cache.misses': _NO_DATA + ' (perf events, off by default)',
 }
-
-# The aggregate disk meters of older ceilometers (the seed's names):
-# name -> (type, unit, disk counter summed over the instance's disks,
-# resource <instance uuid>). ceilometer 27 has no pollster for them any
-# more (the parity test checks that); they are summed from its
-# disk.device.* samples there.
-AGGREGATE_DISK_METERS = {
-    'disk.read.bytes': (CUMULATIVE, 'B', 'read_bytes'),
-    'disk.read.requests': (CUMULATIVE, 'request', 'read_requests'),
-    'disk.write.bytes': (CUMULATIVE, 'B', 'write_bytes'),
-    'disk.write.requests': (CUMULATIVE, 'request', 'write_requests'),
-}
-# Every meter the definitions give.
-OURS = set(METERS) | set(AGGREGATE_DISK_METERS)
 
 
 @contextlib.contextmanager
@@ -165,13 +138,6 @@ class CeilometerConf(fixtures.Fixture):
         self.conf.set_override('host', 'compute-func')
 
 
-def meter_processor(conf, dirs):
-    """ceilometer's notification-to-sample endpoint over ``dirs``."""
-    conf.set_override('meter_definitions_dirs', list(dirs), group='meter')
-    with quiet_stdout():
-        return meter_notifications.ProcessMeterNotifications(conf, None)
-
-
 def as_received(message):
     """A message as the bus has it (what ``exists.notification`` builds and
     the samples in doc/notification_samples show) as oslo.messaging's
@@ -187,63 +153,6 @@ def as_received(message):
     }
 
 
-def build_samples(processor, message):
-    return list(processor.build_sample(as_received(message)))
-
-
-# -- what the definitions must give -----------------------------------------
-
-def _data(obj):
-    return obj['nova_object.data']
-
-
-def usage_data(message):
-    """The InstanceUsagePayload data of a message, or None."""
-    payload = message['payload']
-    if message['event_type'] == 'instance.usage':
-        return _data(payload)
-    usage = payload.get('usage')
-    return _data(usage) if usage else None
-
-
-def _iso(read_at):
-    value = datetime.datetime.fromisoformat(read_at.replace('Z', '+00:00'))
-    return value.isoformat()
-
-
-def expected_samples(data):
-    """Samples (as comparable dicts) for one InstanceUsagePayload's data."""
-    if data is None:
-        return []
-    common = {'project_id': data.get('project_id'),
-              'user_id': data.get('user_id'),
-              'timestamp': _iso(data['read_at'])}
-    uuid = data['instance_uuid']
-    samples = []
-    for name, (type_, unit, kind, field) in METERS.items():
-        if kind == 'instance':
-            devices = [(uuid, data)]
-        elif kind == 'disk':
-            devices = [('%s-%s' % (uuid, _data(d)['device']), _data(d))
-                       for d in data.get('disks', [])]
-        else:
-            devices = [('%s-%s-%s' % (data['instance_name'], uuid,
-                                      _data(i)['name']), _data(i))
-                       for i in data.get('interfaces', [])]
-        for resource_id, counters in devices:
-            if field in counters:
-                samples.append(dict(common, name=name, type=type_, unit=unit,
-                                    volume=counters[field],
-                                    resource_id=resource_id))
-    for name, (type_, unit, field) in AGGREGATE_DISK_METERS.items():
-        values = [_data(d)[field] for d in data.get('disks', [])
-                  if field in _data(d)]
-        if values:
-            samples.append(dict(common, name=name, type=type_, unit=unit,
-                                volume=sum(values), resource_id=uuid))
-    return sorted(samples, key=sample_key)
-
-
 def sample_dict(sample):
     """A ceilometer Sample (or its as_dict()) as a comparable dict."""
     if not isinstance(sample, dict):
@@ -255,13 +164,6 @@ def sample_dict(sample):
 
 def sample_key(sample):
     return (sample['name'], sample['resource_id'])
-
-
-def ours(samples):
-    """The samples of the meters this project defines, sorted."""
-    return sorted((sample_dict(s) for s in samples
-                   if (s['name'] if isinstance(s, dict) else s.name)
-                   in OURS), key=sample_key)
 
 
 # -- ceilometer's compute pollsters -----------------------------------------
