@@ -1,6 +1,7 @@
 """Options for oslo-config-generator (namespace ``nova_usage_ext``)."""
 
 from nova_usage_ext import conf
+from nova_usage_ext.plugins import prometheus
 from nova_usage_ext.plugins import statsd
 from nova_usage_ext.plugins import thresholds
 
@@ -10,4 +11,5 @@ def list_opts():
     # registered in when loaded (usage_ext_<entry point name>).
     return [(conf.GROUP, conf.usage_opts),
             ('usage_ext_thresholds', thresholds.CONFIG_OPTS),
-            ('usage_ext_statsd', statsd.CONFIG_OPTS)]
+            ('usage_ext_statsd', statsd.CONFIG_OPTS),
+            ('usage_ext_prometheus', prometheus.CONFIG_OPTS)]

@@ -333,7 +333,9 @@ class UsageService:
         if self.plugins is not None:
             # Builds the plugins' records and queues them; never waits.
             self.plugins.dispatch(usages, kinds, self.ledger.totals,
-                                  self.reader.read_host_figures)
+                                  self.reader.read_host_figures,
+                                  reading.complete,
+                                  self.ledger.store.outbox_size)
         if self.host_usage is not None and base.MEMORY in kinds:
             # Hands the reading over; never waits for the bus.
             self.host_usage.submit(read_at, usages)

@@ -1,7 +1,8 @@
 """The metric plugin interface and the records a plugin receives.
 
 A plugin subclasses :class:`MetricPlugin` and defines any of ``on_host``,
-``on_cpu``, ``on_ram``, ``on_volume`` and ``on_bandwidth``: each hook is
+``on_cpu``, ``on_ram``, ``on_volume``, ``on_bandwidth`` and
+``on_health`` (the package's own figures): each hook is
 called only if the plugin defines it, once per poll cycle that read its
 kind, on the plugin's own thread (never the poll thread). Records are
 frozen and shared between plugins: never change them.
@@ -74,9 +75,11 @@ class DeviceRecord:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RamRecord:
-    """One instance's memory: ``memory_mb`` its flavor's; ``used_mb`` and
-    ``available_mb`` from the guest's balloon driver (None without one);
-    ``percent`` used as % of available."""
+    """One instance's memory, in cycles that read it (the host usage
+    cycle, ``[usage_ext] host_usage_interval``): ``memory_mb`` its
+    flavor's; ``used_mb`` and ``available_mb`` ceilometer's
+    ``memory.usage`` and ``memory.available`` from the guest's balloon
+    driver (None without one); ``percent`` used as % of available."""
     instance: Instance
     read_at: datetime.datetime
     memory_mb: int | None
@@ -96,6 +99,20 @@ class HostRecord:
     figures: virt_base.HostFigures
     cpu_percent: float | None
     memory_percent: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HealthRecord:
+    """The package's own figures for one cycle: when it ended (Unix
+    time), how long it took from the start of its read (seconds), the
+    nova instances read, whether it read every one (``complete``), and
+    the messages waiting in the outbox (None when not known)."""
+    host: str
+    ended_at: float
+    duration_s: float | None
+    instances: int
+    complete: bool
+    outbox_messages: int | None
 
 
 class MetricPlugin:
@@ -177,8 +194,16 @@ class MetricPlugin:
         :returns: nothing.
         """
 
+    def on_health(self, record):
+        """The package's own health after a cycle.
 
-HOOKS = ('on_host', 'on_cpu', 'on_ram', 'on_volume', 'on_bandwidth')
+        :param record: a :class:`HealthRecord`.
+        :returns: nothing.
+        """
+
+
+HOOKS = ('on_host', 'on_cpu', 'on_ram', 'on_volume', 'on_bandwidth',
+         'on_health')
 
 
 def defined_hooks(plugin):

@@ -16,11 +16,13 @@ class Cycle:
     ram: list | None = None
     volume: list | None = None
     bandwidth: list | None = None
+    health: base.HealthRecord | None = None
 
     def argument(self, hook):
         return {'on_host': self.host_record, 'on_cpu': self.cpu,
                 'on_ram': self.ram, 'on_volume': self.volume,
-                'on_bandwidth': self.bandwidth}[hook]
+                'on_bandwidth': self.bandwidth,
+                'on_health': self.health}[hook]
 
 
 def instance_of(usage):
@@ -77,7 +79,10 @@ class CycleBuilder:
         want_volume = 'on_volume' in hooks and virt_base.DISKS in kinds
         want_bandwidth = ('on_bandwidth' in hooks and
                           virt_base.INTERFACES in kinds)
+        want_ram = 'on_ram' in hooks and virt_base.MEMORY in kinds
         cpu = [] if want_cpu else None
+        ram = [self._ram(usage) for usage in usages
+               if usage.memory is not None] if want_ram else None
         volume = [] if want_volume else None
         bandwidth = [] if want_bandwidth else None
         previous, self._previous = self._previous, {}
@@ -103,7 +108,19 @@ class CycleBuilder:
         host_record = None
         if 'on_host' in hooks and host_figures is not None:
             host_record = self._host(host_figures)
-        return Cycle(self.host, host_record, cpu, None, volume, bandwidth)
+        return Cycle(self.host, host_record, cpu, ram, volume, bandwidth)
+
+    @staticmethod
+    def _ram(usage):
+        # Gauges: no rate, no ledger.
+        instance = instance_of(usage)
+        memory = usage.memory
+        used, available = memory.used_mb, memory.available_mb
+        percent = None
+        if used is not None and available:
+            percent = 100.0 * used / available
+        return base.RamRecord(instance, usage.read_at, instance.memory_mb,
+                              used, available, percent)
 
     def _remember(self, key, read_at, values, previous):
         interval, rates = _rates(previous.get(key), read_at, values)

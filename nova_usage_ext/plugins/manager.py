@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 
 import stevedore
 
@@ -277,7 +278,8 @@ class PluginManager:
                           name)
             return None
 
-    def dispatch(self, usages, kinds, totals, read_host_figures):
+    def dispatch(self, usages, kinds, totals, read_host_figures,
+                 complete=True, outbox_size=None):
         """Offer one cycle to every plugin; never raises, never waits.
 
         :param usages: the cycle's ``InstanceUsage`` records.
@@ -285,6 +287,9 @@ class PluginManager:
         :param totals: ``uuid -> ledger totals``, after the cycle's update.
         :param read_host_figures: ``() -> HostFigures or None``; called
             only when a plugin defines ``on_host``.
+        :param complete: the read skipped no nova instance.
+        :param outbox_size: ``() -> int``, the messages in the outbox;
+            called only when a plugin defines ``on_health``.
         """
         hooks = self._hooks
         if not hooks:
@@ -294,6 +299,9 @@ class PluginManager:
             if 'on_host' in hooks:
                 figures = self._host_figures(read_host_figures, len(usages))
             cycle = self._builder.build(usages, kinds, totals, figures, hooks)
+            if 'on_health' in hooks:
+                cycle = dataclasses.replace(cycle, health=self._health(
+                    usages, complete, outbox_size))
             for runner in list(self._runners.values()):
                 runner.offer(cycle)
             return cycle
@@ -301,6 +309,21 @@ class PluginManager:
             LOG.exception('nova-usage-ext: building the metric plugins\' '
                           'cycle failed')
             return None
+
+    def _health(self, usages, complete, outbox_size):
+        ended = time.time()
+        duration = None
+        if usages:
+            started = min(usage.read_at for usage in usages).timestamp()
+            duration = max(0.0, ended - started)
+        outbox = None
+        if outbox_size is not None:
+            try:
+                outbox = outbox_size()
+            except Exception as exc:
+                LOG.debug('nova-usage-ext: outbox size unknown: %s', exc)
+        return base.HealthRecord(self.host, ended, duration, len(usages),
+                                 complete, outbox)
 
     def _host_figures(self, read, instances):
         try:

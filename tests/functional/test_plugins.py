@@ -2,11 +2,14 @@
 as they arrive, against doc/notification_samples."""
 
 import glob
+import json
 import logging
 import os
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 
 import fixtures
 import oslo_messaging
@@ -17,6 +20,7 @@ from nova_usage_ext import ledger
 from nova_usage_ext import service as usage_service
 from nova_usage_ext import state
 from nova_usage_ext.plugins import manager
+from nova_usage_ext.plugins import prometheus
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests import libvirt_node
 from tests.functional import bus
@@ -250,3 +254,110 @@ class TestStatsdServer(testtools.TestCase):
             'gauge', name + 'cpu.percent'), places=3)
         self.assertEqual(1.0, self.server.last(
             'gauge', 'nova.compute-1.host.instances'))
+
+
+class PrometheusServer(fixtures.Fixture):
+    """Debian's prometheus on a free port, scraping ``target`` every
+    second."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+
+    def _setUp(self):
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.port = free_port(socket.SOCK_STREAM)
+        conf = os.path.join(self.dir, 'prometheus.yml')
+        with open(conf, 'w') as f:
+            f.write('global:\n  scrape_interval: 1s\n'
+                    'scrape_configs:\n  - job_name: nova-usage-ext\n'
+                    '    static_configs:\n'
+                    "      - targets: ['%s']\n" % self.target)
+        log = open(os.path.join(self.dir, 'prometheus.log'), 'w')
+        self.addCleanup(log.close)
+        self.process = subprocess.Popen(
+            ['prometheus', '--config.file=' + conf,
+             '--storage.tsdb.path=' + os.path.join(self.dir, 'data'),
+             '--web.listen-address=127.0.0.1:%d' % self.port],
+            stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(self._stop)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                        'http://127.0.0.1:%d/-/ready' % self.port,
+                        timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError('prometheus did not start (see %s)' % self.dir)
+
+    def _stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def query(self, expression):
+        url = 'http://127.0.0.1:%d/api/v1/query?%s' % (
+            self.port, urllib.parse.urlencode({'query': expression}))
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        if body['status'] != 'success':
+            raise AssertionError('query %s: %s' % (expression, body))
+        return body['data']['result']
+
+
+class TestPrometheusServer(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.exporter_port = free_port(socket.SOCK_STREAM)
+        conf_path = os.path.join(tmp, 'nova.conf')
+        with open(conf_path, 'w') as f:
+            f.write('[usage_ext]\nmetric_plugins = prometheus\n'
+                    '[usage_ext_prometheus]\nport = %d\n'
+                    % self.exporter_port)
+        self.conf = bus.make_conf()
+        self.conf(['--config-file', conf_path])
+        self.node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.nova_test_domain(0)]))
+        self.plugins = manager.PluginManager(self.conf, 'compute-1')
+        self.service = usage_service.UsageService(
+            libvirt_usage.LibvirtUsageReader(self.node.connection),
+            ledger.Ledger(state.Store(tmp)), 'compute-1', {},
+            plugins=self.plugins)
+        self.plugins.start()
+        self.addCleanup(self.plugins.close)
+
+    def test_a_real_prometheus_scrapes_the_cycles_values(self):
+        self.service.poll()
+        self.assertTrue(self.plugins.runners['prometheus'].wait_idle(10))
+        usage = self.service.latest(UUID0)
+        server = self.useFixture(PrometheusServer(
+            '127.0.0.1:%d' % self.exporter_port))
+        deadline = time.monotonic() + 60
+        result = []
+        while time.monotonic() < deadline and not result:
+            result = server.query('ceilometer_cpu{resource="%s"}' % UUID0)
+            time.sleep(0.5)
+        (cpu,) = result
+        self.assertEqual(float(usage.vcpu_time_ns), float(cpu['value'][1]))
+        self.assertEqual(('ceilometer', 'ns', prometheus.host_id(
+            'compute-1', usage.project_id)), (
+            cpu['metric']['publisher'], cpu['metric']['unit'],
+            cpu['metric']['vm_instance']))
+        (disk,) = server.query(
+            'ceilometer_disk_device_write_bytes{resource="%s-vda"}' % UUID0)
+        self.assertEqual(float(usage.disk('vda').write_bytes),
+                         float(disk['value'][1]))
+        (read,) = server.query('nova_usage_ext_instances_read')
+        self.assertEqual('1', read['value'][1])

@@ -37,6 +37,11 @@ class TestOpts(testtools.TestCase):
                           ('usage_ext_statsd', 'prefix'),
                           ('usage_ext_statsd', 'name_template'),
                           ('usage_ext_statsd', 'host_template'),
+                          ('usage_ext_prometheus', 'listen_address'),
+                          ('usage_ext_prometheus', 'port'),
+                          ('usage_ext_prometheus', 'tls_enable'),
+                          ('usage_ext_prometheus', 'tls_certfile'),
+                          ('usage_ext_prometheus', 'tls_keyfile'),
                           ('usage_ext', 'state_dir')}, listed)
 
     def test_no_option_raises_when_read(self):

@@ -257,6 +257,41 @@ class TestHostRates(testtools.TestCase):
         self.assertIs(later, record.figures)
 
 
+class RamOnly(base.MetricPlugin):
+    def __init__(self, conf, group, host):
+        super().__init__(conf, group, host)
+        self.seen = []
+
+    def on_ram(self, records):
+        self.seen.append(records)
+
+
+class TestRam(ManagerTestCase):
+
+    def test_only_cycles_that_read_memory_reach_on_ram(self):
+        loader = Loader(ram=RamOnly)
+        svc, plugins = self.make(loader, 'ram')
+        svc.poll(('cpu',))
+        svc.poll(('cpu', 'memory'))
+        self.idle(plugins, 'ram')
+        (records,) = loader.made['ram'][0].seen
+        self.assertEqual([UUID0, UUID1],
+                         sorted(r.instance.uuid for r in records))
+        # The test driver's guests have no balloon statistics.
+        self.assertEqual((64, None, None, None), (
+            records[0].memory_mb, records[0].used_mb,
+            records[0].available_mb, records[0].percent))
+
+    def test_used_share_of_the_balloon_figures(self):
+        usage = self.reader.read_host(('cpu', 'memory')).usages[0]
+        usage.memory = virt_base.MemoryUsage(
+            actual_kib=65536, available_kib=61440, usable_kib=40960)
+        record = plugin_cycle.CycleBuilder._ram(usage)
+        self.assertEqual((60.0, 20.0), (record.available_mb,
+                                        record.used_mb))
+        self.assertAlmostEqual(100 * 20 / 60, record.percent)
+
+
 class TestIsolation(ManagerTestCase):
 
     def test_a_stuck_plugin_delays_neither_the_poll_nor_the_others(self):
