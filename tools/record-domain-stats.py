@@ -75,7 +75,8 @@ EXTRA_FRAMES = (3, 9)
 # A boot sector that reads the second disk through the BIOS, keeps every
 # vCPU busy for a moment (vCPU 0 about twice as long as the others) and
 # then halts them, so that each vCPU of a no-OS guest has a run time of
-# its own: SeaBIOS leaves all but vCPU 0 halted. It wakes them the way an OS does, through the local APIC (INIT,
+# its own: SeaBIOS leaves all but vCPU 0 halted. It wakes them the way an
+# OS does, through the local APIC (INIT,
 # then STARTUP with vector 0x08, i.e. at 0x8000), in unreal mode to reach
 # the APIC's registers. Built with binutils (as, ld).
 BOOT_SECTOR_ASM = r"""
@@ -273,6 +274,7 @@ class Recorder:
                  ('vdb', extra_disk, VOLUME_ID)]
         interfaces = [(running.tap, running.mac),
                       (running.tap + 'b', running.mac[:-2] + 'b0')]
+
         def boot_order(root):
             # Per-disk boot order, so that the firmware maps vdb too.
             root.find('os').remove(root.find('os/boot'))
