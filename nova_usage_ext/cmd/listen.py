@@ -29,7 +29,8 @@ objects.register_all()
 
 LOG = logging.getLogger(__name__)
 
-USAGE_EVENTS = (exists.EVENT_TYPE, 'instance.usage')
+HOST_USAGE = 'host.usage'
+USAGE_EVENTS = (exists.EVENT_TYPE, 'instance.usage', HOST_USAGE)
 DEFAULT_TOPICS = ('notifications', 'versioned_notifications')
 
 
@@ -47,6 +48,8 @@ def check(event_type, payload):
     event type has nothing wrong. Never raises."""
     if event_type not in USAGE_EVENTS:
         return []
+    if event_type == HOST_USAGE:
+        return check_host_usage(payload)
     usage = usage_of(event_type, payload)
     if usage is None:
         return ['no usage (is compute_driver usage_ext.LibvirtUsageDriver '
@@ -65,6 +68,23 @@ def check(event_type, payload):
     if obj.power_state == 'running' and not obj.obj_attr_is_set(
             'cpu_time_ns'):
         problems.append('running instance without cpu_time_ns')
+    return problems
+
+
+def check_host_usage(payload):
+    """What is wrong with a host.usage payload (see :func:`check`)."""
+    try:
+        obj = decode.host_usage_from_wire(payload)
+    except decode.PayloadError as exc:
+        return [str(exc)]
+    problems = []
+    if not 1 <= obj.part <= obj.parts:
+        problems.append('part %d of %d' % (obj.part, obj.parts))
+    for instance in obj.instances:
+        if instance.power_state == 'running' and \
+                not instance.obj_attr_is_set('cpu_time_ns'):
+            problems.append('running instance %s without cpu_time_ns'
+                            % instance.instance_uuid)
     return problems
 
 
@@ -243,6 +263,8 @@ class Printer:
 
     @staticmethod
     def _row(message):
+        if message['event_type'] == HOST_USAGE:
+            return _host_row(message)
         usage = usage_of(message['event_type'], message['payload'])
         data = usage.get('nova_object.data') if isinstance(
             usage, dict) else None
@@ -256,6 +278,19 @@ class Printer:
             'final' if data.get('final') else '-',
             data.get('source', '-'),
             '-' if cpu is None else cpu // 10 ** 9))
+
+
+def _host_row(message):
+    payload = message['payload']
+    data = payload.get('nova_object.data') if isinstance(
+        payload, dict) else None
+    data = data if isinstance(data, dict) else {}
+    instances = data.get('instances')
+    count = len(instances) if isinstance(instances, list) else '-'
+    return '  '.join(_cell(cell) for cell in (
+        message['transport'], message['event_type'], data.get('host', '-'),
+        'part %s/%s' % (data.get('part', '-'), data.get('parts', '-')),
+        '%s instances' % count))
 
 
 def _delete_pool_queue(parsed, pool, timeout):

@@ -80,3 +80,54 @@ def usage_from_wire(primitive):
                            % _one_line(exc))
     _check_required(obj, 'usage')
     return obj
+
+
+HOST_REQUIRED = {
+    'HostUsagePayload': ('host', 'read_at', 'part', 'parts', 'instances'),
+    'HostInstanceUsagePayload': ('instance_uuid', 'power_state'),
+}
+
+
+def host_usage_from_wire(primitive):
+    """The ``HostUsagePayload`` a wire dict holds.
+
+    :raises PayloadError: for anything that is not one, with a one-line
+        reason.
+    """
+    # Imported here: registering the host payloads is the caller's choice.
+    from nova_usage_ext.objects import host as host_objects
+    cls = host_objects.HostUsagePayload
+    if not isinstance(primitive, dict):
+        raise PayloadError('payload is a %s, not an object'
+                           % type(primitive).__name__)
+    namespace = primitive.get('nova_object.namespace')
+    name = primitive.get('nova_object.name')
+    if namespace != base.NAMESPACE or name != cls.obj_name():
+        raise PayloadError('payload is not a %s %s (%r in %r)'
+                           % (base.NAMESPACE, cls.obj_name(), name,
+                              namespace))
+    data = primitive.get('nova_object.data')
+    instances = data.get('instances') if isinstance(data, dict) else None
+    for index, instance in enumerate(
+            instances if isinstance(instances, list) else ()):
+        fields = (instance.get('nova_object.data')
+                  if isinstance(instance, dict) else None)
+        if isinstance(fields, dict) and 'instance_uuid' in fields and \
+                not uuidutils.is_uuid_like(fields['instance_uuid']):
+            # oslo.versionedobjects would only warn.
+            raise PayloadError('instances[%d] has an invalid instance_uuid '
+                               '%.60r' % (index, fields['instance_uuid']))
+    try:
+        obj = cls.obj_from_primitive(primitive)
+    except Exception as exc:  # ovo raises many kinds
+        raise PayloadError('payload does not deserialize: %s'
+                           % _one_line(exc))
+    for field in HOST_REQUIRED['HostUsagePayload']:
+        if not obj.obj_attr_is_set(field):
+            raise PayloadError('payload has no %s' % field)
+    for index, instance in enumerate(obj.instances):
+        for field in HOST_REQUIRED['HostInstanceUsagePayload']:
+            if not instance.obj_attr_is_set(field):
+                raise PayloadError('instances[%d] has no %s'
+                                   % (index, field))
+    return obj

@@ -60,7 +60,8 @@ class TestCheck(testtools.TestCase):
 
     def test_documented_samples_pass(self):
         for name in ('compute.instance.exists',
-                     'compute.instance.exists-final', 'instance.usage'):
+                     'compute.instance.exists-final', 'instance.usage',
+                     'host.usage'):
             message = received(sample(name))
             self.assertEqual([], listen.check(message['event_type'],
                                               message['payload']), name)
@@ -83,9 +84,28 @@ class TestCheck(testtools.TestCase):
                              'has no instance_uuid\n', p.err.getvalue())
             self.assertEqual(1, len(p.out.getvalue().splitlines()))
 
+    def test_host_usage_problems(self):
+        message = received(sample('host.usage'))
+        data = message['payload']['nova_object.data']
+        data['part'] = 3
+        instance = data['instances'][0]['nova_object.data']
+        del instance['cpu_time_ns']
+        self.assertEqual(
+            ['part 3 of 1', 'running instance %s without cpu_time_ns'
+             % instance['instance_uuid']],
+            listen.check('host.usage', message['payload']))
+        del instance['instance_uuid']
+        self.assertEqual(['instances[0] has no instance_uuid'],
+                         listen.check('host.usage', message['payload']))
+        p = printer(fmt='table')
+        p(received(sample('host.usage')))
+        self.assertEqual('127.0.0.1:5672  host.usage  compute-1  part 1/1  '
+                         '1 instances\n', p.out.getvalue())
+
     @settings(max_examples=300, deadline=None)
     @given(event_type=st.sampled_from(
-        ['compute.instance.exists', 'instance.usage', 'other']) | JSON,
+        ['compute.instance.exists', 'instance.usage', 'host.usage',
+         'other']) | JSON,
         payload=JSON)
     @example(event_type='\r', payload=None)  # one table row all the same
     @example(event_type='instance.usage', payload={'a\nb': 1})
@@ -99,10 +119,13 @@ class TestCheck(testtools.TestCase):
     @given(st.data())
     def test_mutated_samples_are_judged_never_raised(self, data):
         message = received(sample(data.draw(st.sampled_from(
-            ['compute.instance.exists', 'instance.usage']))))
+            ['compute.instance.exists', 'instance.usage', 'host.usage']))))
         target = message['payload']
         if message['event_type'] == 'compute.instance.exists':
             target = target['usage']
+        elif message['event_type'] == 'host.usage' and data.draw(
+                st.booleans()):
+            target = target['nova_object.data']['instances'][0]
         data_dict = target['nova_object.data']
         key = data.draw(st.sampled_from(sorted(data_dict)))
         if data.draw(st.booleans()):
