@@ -159,6 +159,12 @@ def parse_rule(index, raw):
         raise RulesError('rule %r: comparison %r is not one of %s' % (
             name, comparison, ' '.join(COMPARISONS)))
     value = raw.get('value')
+    if isinstance(value, str):
+        # YAML 1.1 reads 5e9 (no dot, no exponent sign) as a string.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or
             not math.isfinite(value)):
         raise RulesError('rule %r: value %r is not a number'

@@ -5,8 +5,10 @@ import glob
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -27,6 +29,7 @@ from tests.functional import bus
 from tests.functional import test_notifier
 
 UUID0 = '00000000-0000-0000-0000-000000000001'
+REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
 
 class AlertEndpoint(bus.Endpoint):
@@ -361,3 +364,95 @@ class TestPrometheusServer(testtools.TestCase):
                          float(disk['value'][1]))
         (read,) = server.query('nova_usage_ext_instances_read')
         self.assertEqual('1', read['value'][1])
+
+
+class UdpSink(fixtures.Fixture):
+    """A UDP socket on a free port that counts the packets it gets."""
+
+    def _setUp(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.sock.close)
+        self.sock.bind(('127.0.0.1', 0))
+        self.port = self.sock.getsockname()[1]
+
+    def packets(self, wait):
+        """The packets that arrive within ``wait`` seconds."""
+        got = []
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return got
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(65536).decode())
+            except socket.timeout:
+                return got
+
+    def wait_for_packet(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(65536).decode()
+        except socket.timeout:
+            return None
+
+
+class TestSighup(testtools.TestCase):
+    """A real SIGHUP to a real process served as nova serves
+    nova-compute (oslo.service, restart_method='mutate'): the new plugin
+    options apply with no restart by hand. (oslo.service's threading
+    launcher, nova 34's default, mutates the parent's configuration and
+    starts the worker again with it; the eventlet one runs the mutate
+    hooks in place.)"""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.uri = self.useFixture(libvirt_node.TestNode(
+            [libvirt_node.nova_test_domain(0)])).uri
+        self.conf_path = os.path.join(self.tmp, 'nova.conf')
+
+    def write_conf(self, port):
+        with open(self.conf_path, 'w') as f:
+            f.write('[usage_ext]\nmetric_plugins = statsd\n'
+                    '[usage_ext_statsd]\nport = %d\n' % port)
+
+    def start(self):
+        log = open(os.path.join(self.tmp, 'compute.log'), 'w')
+        self.addCleanup(log.close)
+        # A session of its own: oslo.service's threading launcher passes
+        # SIGHUP on to its whole process group.
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'tests.functional.sighup_compute',
+             self.uri, self.tmp, '--config-file', self.conf_path],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.addCleanup(self.stop, process)
+        return process
+
+    def stop(self, process):
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                # Its workers too: the group is the session it leads.
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+    def log(self):
+        with open(os.path.join(self.tmp, 'compute.log')) as f:
+            return f.read()
+
+    def test_sighup_moves_the_statsd_target(self):
+        first = self.useFixture(UdpSink())
+        second = self.useFixture(UdpSink())
+        self.write_conf(first.port)
+        process = self.start()
+        self.assertIsNotNone(first.wait_for_packet(60), self.log())
+        self.write_conf(second.port)
+        os.kill(process.pid, signal.SIGHUP)
+        self.assertIsNotNone(second.wait_for_packet(60), self.log())
+        first.packets(1)  # what was on its way
+        self.assertEqual([], first.packets(3))
+        self.assertIsNone(process.poll(), self.log())

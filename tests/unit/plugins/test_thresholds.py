@@ -211,6 +211,15 @@ class TestRulesFile(ThresholdsTestCase):
         self.conf.mutate_config_files()
         self.assertEqual((), plugin.rules)
 
+    def test_numbers_as_operators_write_them(self):
+        rules = thresholds.parse_rules(
+            'rules:\n  - {name: a, metric: network_outgoing_bits_per_s, '
+            'value: 5e9}\n  - {name: b, metric: cpu_percent, value: 90}\n')
+        self.assertEqual([5e9, 90.0], [rule.value for rule in rules])
+        self.assertRaises(thresholds.RulesError, thresholds.parse_rules,
+                          'rules:\n  - {name: a, metric: cpu_percent, '
+                          'value: high}\n')
+
     def test_a_missing_file_is_an_error_and_no_file_no_rules(self):
         plugin = self.start(CPU_RULE)
         os.unlink(self.rules_path)
