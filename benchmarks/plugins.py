@@ -1,7 +1,8 @@
 """What the metric plugins cost the poll thread: ``PluginManager.dispatch``
-(the records of a cycle built once, with rates from the ledger's totals,
-and offered to each plugin's queue) at 100 and 1000 instances, and the
-time each plugin set then takes on its own threads. Host figures come
+(a copy of the ledger's totals of the cycle, handed to the builder
+thread) at 100 and 1000 instances, and the time until the builder thread
+built the records (with rates) and every plugin processed them on its
+own thread. Host figures come
 from libvirt's test driver, whose calls are counted per cycle.
 
     python -m benchmarks.plugins [--sizes 100,1000] [--cycles 10]
@@ -122,8 +123,7 @@ def measure(size, cycles, names, log):
                                  reader.read_host_figures, True,
                                  book.store.outbox_size)
                 dispatch.append(time.perf_counter() - started)
-                for runner in plugins.runners.values():
-                    runner.wait_idle(120)
+                plugins.wait_idle(120)
                 drained.append(time.perf_counter() - started)
             calls = dict(counting.calls)
             errors = {name: dict(runner.stats.errors)

@@ -1,9 +1,10 @@
 """Loads the enabled metric plugins and feeds them each cycle.
 
-The poll thread only builds the cycle's records (once, shared) and offers
-them to each plugin's bounded queue without waiting: a plugin that is
-slow or stuck loses cycles (counted, logged once), never delays the poll
-or another plugin. Each plugin runs on a daemon thread of its own. A
+The poll thread only copies the ledger's totals of the cycle and hands
+them over; a builder thread builds the cycle's records (once, shared) and
+offers them to each plugin's bounded queue without waiting: a plugin that
+is slow or stuck loses cycles (counted, logged once), never delays the
+poll or another plugin. Each plugin runs on a daemon thread of its own. A
 hook's error is logged with its traceback once per plugin, hook and
 exception class, then only counted; after ``MAX_FAILURES`` failed cycles
 in a row the plugin is disabled until the next reconfiguration (SIGHUP).
@@ -30,7 +31,49 @@ QUEUE_SIZE = 4
 # Failed cycles in a row before a plugin is disabled.
 MAX_FAILURES = 5
 
+# Cycles waiting for the builder thread; more are dropped.
+BUILD_QUEUE_SIZE = 2
+# The hooks whose records need the ledger's totals.
+INSTANCE_HOOKS = frozenset(('on_cpu', 'on_volume', 'on_bandwidth'))
+
 _STOP = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A cycle as the poll thread hands it over."""
+    usages: list
+    kinds: tuple
+    # uuid -> the ledger's totals when the cycle was counted
+    totals: dict
+    read_host_figures: object
+    complete: bool
+    outbox_size: object
+    ended_at: float
+
+
+def _put_stop(pending):
+    """Queue _STOP without waiting, dropping what waits if need be."""
+    while True:
+        try:
+            pending.put_nowait(_STOP)
+            return
+        except queue.Full:
+            try:
+                pending.get_nowait()
+                pending.task_done()
+            except queue.Empty:
+                pass
+
+
+def _join(pending, timeout):
+    done = threading.Event()
+
+    def waiter():
+        pending.join()
+        done.set()
+    threading.Thread(target=waiter, daemon=True).start()
+    return done.wait(timeout)
 
 
 def group_of(name):
@@ -105,27 +148,12 @@ class Runner:
     def stop(self):
         """Ask the thread to end after what it runs now; never waits."""
         self.stats.disabled = True
-        while True:
-            try:
-                self._queue.put_nowait(_STOP)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    self._queue.task_done()
-                except queue.Empty:
-                    pass
+        _put_stop(self._queue)
 
     def wait_idle(self, timeout):
         """For tests and benchmarks: wait until the queue is drained and
         processed; False on timeout."""
-        done = threading.Event()
-
-        def waiter():
-            self._queue.join()
-            done.set()
-        threading.Thread(target=waiter, daemon=True).start()
-        return done.wait(timeout)
+        return _join(self._queue, timeout)
 
     def _run(self):
         while True:
@@ -204,6 +232,10 @@ class PluginManager:
         self._builder = plugin_cycle.CycleBuilder(host)
         self._hooks = frozenset()
         self._closed = False
+        self._pending = queue.Queue(BUILD_QUEUE_SIZE)
+        self._builder_thread = None
+        self.dropped = 0
+        self._dropped_logged = False
 
     @property
     def runners(self):
@@ -218,6 +250,11 @@ class PluginManager:
         configuration is reloaded (nova-compute's SIGHUP)."""
         self.reconfigure()
         self.conf.register_mutate_hook(self._mutated)
+        if self._builder_thread is None:
+            self._builder_thread = threading.Thread(
+                target=self._build_loop, daemon=True,
+                name='nova-usage-ext-plugin-cycles')
+            self._builder_thread.start()
 
     def _mutated(self, conf, fresh):
         self.reconfigure()
@@ -280,7 +317,13 @@ class PluginManager:
 
     def dispatch(self, usages, kinds, totals, read_host_figures,
                  complete=True, outbox_size=None):
-        """Offer one cycle to every plugin; never raises, never waits.
+        """Hand one cycle to the plugins; never raises, never waits.
+
+        The poll thread only copies the ledger's totals of the instances
+        read (they move on with the next read); the records are built, the
+        host figures read and the cycle offered to each plugin on the
+        manager's own builder thread. A cycle that finds the builder still
+        busy with two others is dropped (counted, logged once).
 
         :param usages: the cycle's ``InstanceUsage`` records.
         :param kinds: the kinds of counters the cycle read.
@@ -290,40 +333,86 @@ class PluginManager:
         :param complete: the read skipped no nova instance.
         :param outbox_size: ``() -> int``, the messages in the outbox;
             called only when a plugin defines ``on_health``.
+        :returns: True when the cycle was handed over.
         """
         hooks = self._hooks
         if not hooks:
-            return None
+            return False
         try:
-            figures = None
-            if 'on_host' in hooks:
-                figures = self._host_figures(read_host_figures, len(usages))
-            cycle = self._builder.build(usages, kinds, totals, figures, hooks)
-            if 'on_health' in hooks:
-                cycle = dataclasses.replace(cycle, health=self._health(
-                    usages, complete, outbox_size))
-            for runner in list(self._runners.values()):
-                runner.offer(cycle)
-            return cycle
+            snapshot = {}
+            if hooks & INSTANCE_HOOKS:
+                snapshot = {usage.uuid: totals(usage.uuid)
+                            for usage in usages}
+            self._pending.put_nowait(Job(
+                usages, kinds, snapshot, read_host_figures, complete,
+                outbox_size, time.time()))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            if not self._dropped_logged:
+                self._dropped_logged = True
+                LOG.warning('nova-usage-ext: the metric plugins\' cycles '
+                            'are built more slowly than they come; '
+                            'dropping cycles, counted from now on')
+            return False
         except Exception:
-            LOG.exception('nova-usage-ext: building the metric plugins\' '
-                          'cycle failed')
-            return None
+            LOG.exception('nova-usage-ext: handing the cycle to the metric '
+                          'plugins failed')
+            return False
 
-    def _health(self, usages, complete, outbox_size):
-        ended = time.time()
-        duration = None
-        if usages:
-            started = min(usage.read_at for usage in usages).timestamp()
-            duration = max(0.0, ended - started)
-        outbox = None
-        if outbox_size is not None:
+    def build(self, job):
+        """The :class:`plugin_cycle.Cycle` of ``job`` for the hooks the
+        running plugins define (runs on the builder thread)."""
+        hooks = self._hooks
+        figures = None
+        if 'on_host' in hooks:
+            figures = self._host_figures(job.read_host_figures,
+                                         len(job.usages))
+        cycle = self._builder.build(job.usages, job.kinds, job.totals.get,
+                                    figures, hooks)
+        if 'on_health' in hooks:
+            cycle = dataclasses.replace(cycle, health=self._health(job))
+        return cycle
+
+    def wait_idle(self, timeout, names=None):
+        """For tests and benchmarks: wait until every cycle handed over
+        is built and processed by the plugins ``names`` (default: all);
+        False on timeout."""
+        deadline = time.monotonic() + timeout
+        if not _join(self._pending, timeout):
+            return False
+        return all(runner.wait_idle(max(0.0, deadline - time.monotonic()))
+                   for name, runner in list(self._runners.items())
+                   if names is None or name in names)
+
+    def _build_loop(self):
+        while True:
+            job = self._pending.get()
             try:
-                outbox = outbox_size()
+                if job is _STOP:
+                    return
+                cycle = self.build(job)
+                for runner in list(self._runners.values()):
+                    runner.offer(cycle)
+            except Exception:
+                LOG.exception('nova-usage-ext: building the metric plugins\' '
+                              'cycle failed')
+            finally:
+                self._pending.task_done()
+
+    def _health(self, job):
+        duration = None
+        if job.usages:
+            started = min(u.read_at for u in job.usages).timestamp()
+            duration = max(0.0, job.ended_at - started)
+        outbox = None
+        if job.outbox_size is not None:
+            try:
+                outbox = job.outbox_size()
             except Exception as exc:
                 LOG.debug('nova-usage-ext: outbox size unknown: %s', exc)
-        return base.HealthRecord(self.host, ended, duration, len(usages),
-                                 complete, outbox)
+        return base.HealthRecord(self.host, job.ended_at, duration,
+                                 len(job.usages), job.complete, outbox)
 
     def _host_figures(self, read, instances):
         try:
@@ -344,3 +433,4 @@ class PluginManager:
             self._hooks = frozenset()
         for runner in runners.values():
             runner.stop()
+        _put_stop(self._pending)

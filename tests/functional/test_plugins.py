@@ -89,7 +89,7 @@ class TestAlertOnTheBus(testtools.TestCase):
 
     def cycle(self):
         self.service.poll(('cpu',))
-        self.assertTrue(self.plugins.runners['thresholds'].wait_idle(30))
+        self.assertTrue(self.plugins.wait_idle(30))
 
     def test_breach_and_clear_match_the_sample(self):
         self.start('rules:\n  - {name: busy, metric: cpu_percent, '
@@ -237,7 +237,7 @@ class TestStatsdServer(testtools.TestCase):
         time.sleep(0.2)
         self.service.poll()
         second = self.service.ledger.totals(UUID0)
-        self.assertTrue(self.plugins.runners['statsd'].wait_idle(10))
+        self.assertTrue(self.plugins.wait_idle(10))
         name = 'nova.compute-1.%s.' % UUID0
         used = second.vcpu_time_ns - first.vcpu_time_ns
         read = (second.disks['vda'].read_bytes -
@@ -343,7 +343,7 @@ class TestPrometheusServer(testtools.TestCase):
 
     def test_a_real_prometheus_scrapes_the_cycles_values(self):
         self.service.poll()
-        self.assertTrue(self.plugins.runners['prometheus'].wait_idle(10))
+        self.assertTrue(self.plugins.wait_idle(10))
         usage = self.service.latest(UUID0)
         server = self.useFixture(PrometheusServer(
             '127.0.0.1:%d' % self.exporter_port))

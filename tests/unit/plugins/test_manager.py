@@ -132,7 +132,7 @@ class ManagerTestCase(testtools.TestCase):
         return svc, plugins
 
     def idle(self, plugins, name):
-        self.assertTrue(plugins.runners[name].wait_idle(10))
+        self.assertTrue(plugins.wait_idle(10, names=(name,)))
 
 
 class TestRecords(ManagerTestCase):
@@ -222,9 +222,13 @@ class TestRecords(ManagerTestCase):
         svc.poll()
         self.idle(plugins, 'cpu')
         self.assertEqual(0, self.counting.calls['getCPUStats'])
-        cycle = plugins.dispatch(svc.reader.read_all(), ('cpu', 'disks'),
-                                 svc.ledger.totals, lambda: 1 / 0)
+        usages = svc.reader.read_all()
+        cycle = plugins.build(manager.Job(
+            usages, ('cpu', 'disks'),
+            {u.uuid: svc.ledger.totals(u.uuid) for u in usages},
+            lambda: 1 / 0, True, lambda: 1 / 0, time.time()))
         self.assertIsNone(cycle.volume)
+        self.assertIsNone(cycle.health)
         self.assertIsNone(cycle.host_record)
         self.assertEqual(2, len(cycle.cpu))
 
@@ -232,7 +236,7 @@ class TestRecords(ManagerTestCase):
         svc, plugins = self.make(Loader(), '')
         svc.poll()
         self.assertEqual({}, plugins.runners)
-        self.assertIsNone(plugins.dispatch([], ('cpu',), None, None))
+        self.assertFalse(plugins.dispatch([], ('cpu',), None, None))
 
 
 class TestHostRates(testtools.TestCase):
@@ -293,6 +297,37 @@ class TestRam(ManagerTestCase):
 
 
 class TestIsolation(ManagerTestCase):
+
+    def test_cycles_that_come_faster_than_they_are_built_are_dropped(
+            self):
+        loader = Loader(cpu=CpuOnly)
+        svc, plugins = self.make(loader, 'cpu')
+        usages = svc.reader.read_all()
+        release = threading.Event()
+        self.addCleanup(release.set)
+        building = threading.Event()
+        figures = svc.reader.read_host_figures
+
+        def slow_figures():
+            building.set()
+            release.wait(30)
+            return figures()
+
+        # The builder reads the host figures when a plugin wants them.
+        plugins._hooks = plugins._hooks | {'on_host'}
+        self.assertTrue(plugins.dispatch(usages, ('cpu',),
+                                         svc.ledger.totals, slow_figures))
+        self.assertTrue(building.wait(10))
+        handed = [plugins.dispatch(usages, ('cpu',), svc.ledger.totals,
+                                   slow_figures) for _ in range(4)]
+        # One held by the builder, two waiting, the rest dropped.
+        self.assertEqual([True, True, False, False], handed)
+        self.assertEqual(2, plugins.dropped)
+        self.assertEqual(1, self.log.output.count(
+            'built more slowly than they come'))
+        release.set()
+        self.idle(plugins, 'cpu')
+        self.assertEqual(3, len(loader.made['cpu'][0].seen))
 
     def test_a_stuck_plugin_delays_neither_the_poll_nor_the_others(self):
         release = threading.Event()

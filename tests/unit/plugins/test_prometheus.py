@@ -67,7 +67,7 @@ class TestPrometheus(testtools.TestCase):
 
     def cycle(self):
         self.svc.poll()
-        self.assertTrue(self.plugins.runners['prometheus'].wait_idle(10))
+        self.assertTrue(self.plugins.wait_idle(10))
 
     def test_ceilometer_names_labels_and_the_cycles_values(self):
         self.cycle()

@@ -81,7 +81,7 @@ class TestStatsd(testtools.TestCase):
 
     def cycle(self):
         self.svc.poll()
-        self.assertTrue(self.plugins.runners['statsd'].wait_idle(10))
+        self.assertTrue(self.plugins.wait_idle(10))
 
     def test_gauges_and_counters_of_a_cycle(self):
         self.cycle()

@@ -69,7 +69,7 @@ class ThresholdsTestCase(testtools.TestCase):
 
     def cycle(self, kinds=('cpu',)):
         self.svc.poll(kinds)
-        self.assertTrue(self.plugins.runners['thresholds'].wait_idle(10))
+        self.assertTrue(self.plugins.wait_idle(10))
 
     def alerts(self):
         return [(priority, message['event_type'], message['payload'])
