@@ -26,6 +26,7 @@ from nova_usage_ext.plugins import prometheus
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests import libvirt_node
 from tests.functional import bus
+from tests.functional import fixtures as qemu_fixtures
 from tests.functional import test_notifier
 
 UUID0 = '00000000-0000-0000-0000-000000000001'
@@ -456,3 +457,74 @@ class TestSighup(testtools.TestCase):
         first.packets(1)  # what was on its way
         self.assertEqual([], first.packets(3))
         self.assertIsNone(process.poll(), self.log())
+
+
+class TestThresholdOnAGuest(testtools.TestCase):
+    """A real TCG guest driven past a CPU threshold (its firmware busy
+    after a reset) and calm again: one alert and one clear on RabbitMQ."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.Timeout(180, gentle=True))
+        self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        self.node = self.useFixture(qemu_fixtures.QemuGuests(1))
+        (self.guest,) = self.node.guests
+        tmp = self.useFixture(fixtures.TempDir()).path
+        rules = os.path.join(tmp, 'rules.yaml')
+        with open(rules, 'w') as f:
+            # Other tests' guests may run on the same daemon.
+            f.write('rules:\n  - {name: busy, metric: cpu_percent, '
+                    'value: 10, clear_after: 3, scope: {instance: %s}}\n'
+                    % self.guest.uuid)
+        self.conf = bus.make_conf()
+        self.listener = self.useFixture(AlertListener(self.conf))
+        conf_path = os.path.join(tmp, 'nova.conf')
+        with open(conf_path, 'w') as f:
+            f.write('[DEFAULT]\ntransport_url = %s\n'
+                    '[usage_ext]\nmetric_plugins = thresholds\n'
+                    '[usage_ext_thresholds]\nrules_file = %s\n'
+                    'notification_topics = %s\n'
+                    % (bus.RABBIT_URL, rules, self.listener.topic))
+        self.conf(['--config-file', conf_path])
+        reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_usage.LibvirtConnection(qemu_fixtures.URI))
+        self.addCleanup(reader.close)
+        self.plugins = manager.PluginManager(self.conf, 'compute-1')
+        self.service = usage_service.UsageService(
+            reader, ledger.Ledger(state.Store(tmp)), 'compute-1', {},
+            plugins=self.plugins)
+        self.plugins.start()
+        self.addCleanup(self.plugins.close)
+
+    def cycle(self):
+        time.sleep(0.5)
+        self.service.poll(('cpu',))
+        self.assertTrue(self.plugins.wait_idle(30))
+
+    def firing(self):
+        return self.plugins.runners['thresholds'].plugin._states.get(
+            ('busy', self.guest.uuid, None))
+
+    def test_one_alert_then_one_clear(self):
+        # Until the guest's firmware is done: it may fire, then clears.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self.cycle()
+            state = self.firing()
+            if state is not None and state.calm >= 3 and not state.firing:
+                break
+        before = len(self.listener.messages)
+        self.node.domain(self.guest).reset()  # the firmware runs again
+        for _ in range(20):
+            self.cycle()
+        messages = self.listener.wait_for(before + 2, timeout=30)[before:]
+        self.assertEqual(['WARN', 'INFO'],
+                         [m['priority'] for m in messages])
+        breach, clear = [m['payload']['nova_object.data'] for m in messages]
+        self.assertEqual(('breached', self.guest.uuid), (
+            breach['state'], breach['instance_uuid']))
+        self.assertGreater(breach['value'], 10)
+        self.assertEqual(('cleared', 3), (clear['state'], clear['cycles']))
+        self.assertLessEqual(clear['value'], 10)
+        time.sleep(1)
+        self.assertEqual(before + 2, len(self.listener.messages))
