@@ -250,11 +250,6 @@ class PluginManager:
         configuration is reloaded (nova-compute's SIGHUP)."""
         self.reconfigure()
         self.conf.register_mutate_hook(self._mutated)
-        if self._builder_thread is None:
-            self._builder_thread = threading.Thread(
-                target=self._build_loop, daemon=True,
-                name='nova-usage-ext-plugin-cycles')
-            self._builder_thread.start()
 
     def _mutated(self, conf, fresh):
         self.reconfigure()
@@ -274,6 +269,12 @@ class PluginManager:
             self._hooks = frozenset(
                 hook for runner in self._runners.values()
                 for hook in runner.hooks)
+            if self._hooks and self._builder_thread is None:
+                # Only once a plugin runs: no thread for no plugin.
+                self._builder_thread = threading.Thread(
+                    target=self._build_loop, daemon=True,
+                    name='nova-usage-ext-plugin-cycles')
+                self._builder_thread.start()
 
     def _reconfigure(self):
         wanted = usage_conf.metric_plugins(self.conf)

@@ -233,10 +233,13 @@ class TestRecords(ManagerTestCase):
         self.assertEqual(2, len(cycle.cpu))
 
     def test_no_plugin_no_cost(self):
+        before = set(threading.enumerate())
         svc, plugins = self.make(Loader(), '')
         svc.poll()
         self.assertEqual({}, plugins.runners)
         self.assertFalse(plugins.dispatch([], ('cpu',), None, None))
+        self.assertEqual([], [t.name for t in set(threading.enumerate()) -
+                              before if t.name.startswith('nova-usage-ext')])
 
 
 class TestHostRates(testtools.TestCase):
