@@ -2,6 +2,7 @@
 Fed by a real service over libvirt's test driver; the alerts go through
 oslo.messaging's own test notification driver."""
 
+import datetime
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from oslo_messaging.notify import _impl_test
 from nova_usage_ext import ledger
 from nova_usage_ext import service as usage_service
 from nova_usage_ext import state
+from nova_usage_ext.plugins import base as plugin_base
 from nova_usage_ext.plugins import manager
 from nova_usage_ext.plugins import thresholds
 from nova_usage_ext.virt import libvirt as libvirt_usage
@@ -22,6 +24,7 @@ from tests import libvirt_node
 UUID0 = '00000000-0000-0000-0000-000000000001'
 UUID1 = '00000000-0000-0000-0000-000000000002'
 PROJECT0 = 'a' * 32
+UTC = datetime.timezone.utc
 
 
 class ThresholdsTestCase(testtools.TestCase):
@@ -165,6 +168,40 @@ rules:
         used = 100.0 * (1 - host.getFreeMemory() / 1024 /
                         (host.getInfo()[1] * 1024))
         self.assertAlmostEqual(used, data['value'], places=3)
+
+
+class TestRecords(ThresholdsTestCase):
+    """Rules over records as the plugins get them (memory figures need a
+    guest balloon driver, which the test driver's guests lack)."""
+
+    def ram(self, uuid, flavor, used, available):
+        instance = plugin_base.Instance(
+            uuid=uuid, name='instance-1', display_name='vm', project_id='p',
+            user_id='u', flavor_name=flavor, vcpus=1, memory_mb=64,
+            state='running')
+        return plugin_base.RamRecord(
+            instance, datetime.datetime(2026, 12, 1, tzinfo=UTC), 64, used,
+            available, 100.0 * used / available)
+
+    def test_memory_rule_scoped_to_a_flavor(self):
+        plugin = self.start("""
+rules:
+  - name: ram
+    metric: memory_percent
+    value: 80
+    scope: {flavor: m1.big}
+""")
+        plugin.on_ram([self.ram(UUID0, 'm1.big', 60, 64),
+                       self.ram(UUID1, 'm1.tiny', 63, 64)])
+        ((priority, event_type, payload),) = self.alerts()
+        data = payload['nova_object.data']
+        self.assertEqual(('WARN', UUID0, 'm1.big', '%'), (
+            priority, data['instance_uuid'], data['flavor_name'],
+            data['unit']))
+        self.assertAlmostEqual(93.75, data['value'])
+        plugin.on_ram([self.ram(UUID0, 'm1.big', 10, 64)])
+        self.assertEqual('cleared',
+                         self.alerts()[1][2]['nova_object.data']['state'])
 
 
 class TestRulesFile(ThresholdsTestCase):
