@@ -266,15 +266,17 @@ class NotificationAgent(fixtures.Fixture):
     """ceilometer's notification agent (``NotificationService``, worker 0)
     in this process, listening on ``topic`` of the real RabbitMQ for
     messages on ``exchange``, with the meter pipeline only, publishing
-    every sample to ``samples_path`` (file publisher, JSON lines).
+    every sample to ``samples_path`` (file publisher, JSON lines) and to
+    ``publishers`` (ceilometer publisher URLs).
 
     No coordination is involved: ceilometer 27's notification agent has
     none (its workload partitioning, which used tooz, is gone).
     """
 
     def __init__(self, conf, topic, meter_dirs, samples_path,
-                 exchange='nova'):
+                 exchange='nova', publishers=()):
         super().__init__()
+        self.publishers = list(publishers)
         self.conf = conf
         self.topic = topic
         self.meter_dirs = meter_dirs
@@ -290,7 +292,8 @@ class NotificationAgent(fixtures.Fixture):
                 'sources': [{'name': 'meter_source', 'meters': ['*'],
                              'sinks': ['file_sink']}],
                 'sinks': [{'name': 'file_sink', 'publishers': [
-                    'file://%s?json' % self.samples_path]}],
+                    'file://%s?json' % self.samples_path] +
+                    self.publishers}],
             }, f)
         conf.set_override('pipeline_cfg_file', pipeline)
         conf.set_override('meter_definitions_dirs', list(self.meter_dirs),
