@@ -1,6 +1,6 @@
 #!/bin/bash
 # Faults of the message bus with the figures (as root, from
-# anywhere; about 12 minutes): set up what the functional tests need
+# anywhere; about 8 minutes): set up what the functional tests need
 # (RabbitMQ started if no broker answers), then run
 # `python -m benchmarks.faults` with the arguments given (see --help).
 # Tables go to stdout and into doc/source/reliability.rst (unless
