@@ -60,37 +60,54 @@ def proc_stat_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def proc_schedstat_cpu(pid):
-    """Run time of all live threads of a process, in seconds, from
-    /proc/<pid>/task/*/schedstat (nanoseconds). Threads that exit between
-    two readings take their time with them; libvirtd's RPC workers are a
-    fixed pool, so they do not."""
-    total = 0
+def proc_schedstat_threads(pid):
+    """Run time of each live thread of a process, tid -> seconds, from
+    /proc/<pid>/task/*/schedstat (nanoseconds)."""
+    times = {}
     base = '/proc/%d/task' % pid
     for tid in os.listdir(base):
         try:
             with open('%s/%s/schedstat' % (base, tid)) as f:
-                total += int(f.read().split()[0])
+                times[(pid, tid)] = int(f.read().split()[0]) / 1e9
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total / 1e9
+    return times
+
+
+def proc_schedstat_cpu(pid):
+    """Run time of all live threads of a process, in seconds."""
+    return sum(proc_schedstat_threads(pid).values())
 
 
 class ProcessClock:
-    """CPU time of a set of other processes, both ways."""
+    """CPU time of a set of other processes, both ways.
+
+    ``read()`` gives (seconds from /proc stat ticks, per-thread schedstat
+    seconds); ``delta(before, after)`` the time spent between two readings,
+    schedstat over the threads alive at both: a shared libvirtd starts and
+    ends threads (one per running guest) for others' guests meanwhile, and
+    a thread that ends takes its time with it.
+    """
 
     def __init__(self, pids):
         self.pids = list(pids)
 
     def read(self):
-        stat = sched = 0.0
+        stat = 0.0
+        threads = {}
         for pid in self.pids:
             try:
                 stat += proc_stat_cpu(pid)
-                sched += proc_schedstat_cpu(pid)
+                threads.update(proc_schedstat_threads(pid))
             except (FileNotFoundError, ProcessLookupError):
                 pass
-        return stat, sched
+        return stat, threads
+
+    @staticmethod
+    def delta(before, after):
+        sched = sum(t - before[1][k] for k, t in after[1].items()
+                    if k in before[1])
+        return after[0] - before[0], sched
 
 
 def _comm(pid):
@@ -150,9 +167,7 @@ class Measure:
         self.cpu = time.process_time() - self._cpu0
         self.other = {}
         for name, clock in self.clocks.items():
-            stat1, sched1 = clock.read()
-            stat0, sched0 = self._other0[name]
-            self.other[name] = (stat1 - stat0, sched1 - sched0)
+            self.other[name] = clock.delta(self._other0[name], clock.read())
         return False
 
 

@@ -138,7 +138,9 @@ STEPS = (('read_bounded', 'read the instance (service.read_bounded, in '
          ('close_period', 'build the final exists and queue it with the '
                           'period\'s end (one SQLite transaction, fsynced)'),
          ('wait_delivered', 'wait for the delivery thread to send it'),
-         ('send_final', 'of which: the send (messagingv2, own transport)'))
+         ('send_final', 'of which: the send (messagingv2, own transport)'),
+         ('outbox_remove', 'of which: its removal from the outbox (one '
+                           'SQLite commit, fsynced)'))
 
 
 def _usage_driver(notifier):
@@ -264,6 +266,8 @@ class HookBench:
         steps.wrap(self.service.delivery, 'wait_delivered', 'wait_delivered')
         # In the delivery thread, during wait_delivered.
         steps.wrap(self.service.delivery, '_send', 'send_final')
+        # Also in the delivery thread, before the waiter is told.
+        steps.wrap(self.service.delivery.store, 'remove', 'outbox_remove')
         (base_ext,) = base._driver_mgr.extensions
         base_clock = PassClock(base_ext.obj)
         times = {'ours_pass': [], 'ours_total': [], 'base_pass': [],

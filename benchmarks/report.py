@@ -1,5 +1,7 @@
 """The markdown tables and the targets, from a run's results."""
 
+import collections
+
 TARGETS_GUESTS = 20
 
 
@@ -325,6 +327,8 @@ def _status(ok, valid=True):
 
 
 def markdown(results):
+    if results.get('kvm'):
+        return kvm_markdown(results)
     parts = []
     m = results['machine']
     parts.append('Machine: %s CPUs (%s), %s MiB RAM; %s; %s; nova %s, '
@@ -389,3 +393,175 @@ def to_rst(markdown_text):
             out.append(line)
             i += 1
     return '\n'.join(out).rstrip() + '\n'
+
+
+# -- the KVM run (python -m benchmarks.run --kvm) -----------------------------
+
+KVM_TARGET_GUESTS = 100
+_POLLERS = (('ours', 'nova-usage-ext (shipped)'),
+            ('ours_one_call', 'nova-usage-ext (one call)'),
+            ('ceilometer', 'ceilometer 27'))
+
+
+def _kvm_rows(kvm):
+    return ([kvm['tcg']] if kvm.get('tcg') else []) + kvm['sizes']
+
+
+def _label(row):
+    return '%s %d' % ('KVM' if row['domain_type'] == 'kvm' else 'TCG',
+                      row['guests'])
+
+
+def kvm_cycle_table(kvm):
+    lines = ['### Poll cycle by instance count (median [min–max] of %d '
+             'cycles each, rotating)' % kvm['cycles'], '',
+             '| guests | poller | wall ms | client CPU ms | libvirtd CPU ms '
+             '| QEMU CPU ms | libvirt calls |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
+    for row in _kvm_rows(kvm):
+        for who, name in _POLLERS:
+            s = row[who]
+            lines.append('| %s | %s | %s | %s | %s | %s | %d |' % (
+                _label(row), name, _spread_ms(s['wall_s']),
+                _spread_ms(s['cpu_s'], 2),
+                _spread_ms(s['libvirtd_cpu_sched_s'], 1),
+                _spread_ms(s['qemu_cpu_sched_s'], 1), s['calls']['max']))
+        r = row['ratios']
+        lines.append('| %s | ceilometer / ours (shipped) | %s | %s | %s | '
+                     '| %s |' % (_label(row), _ratio(r['wall_s']),
+                                 _ratio(r['cpu_s']),
+                                 _ratio(r['libvirtd_cpu_sched_s']),
+                                 _ratio(r['calls'])))
+    if kvm.get('stopped'):
+        lines += ['', 'Stopped %s.' % kvm['stopped']]
+    return '\n'.join(lines)
+
+
+def _per_guest_us(row, who):
+    s = row[who]['libvirtd_cpu_sched_s']
+    return s and s['median'] / row['guests'] * 1e6
+
+
+def _counts(counter):
+    return ', '.join('%s %.2g' % kv for kv in sorted(counter.items())) or '–'
+
+
+GROUP_ORDER = ('state', 'cpu-total', 'vcpu', 'balloon', 'interface', 'block')
+
+
+def kvm_group_table(kvm):
+    rows = _kvm_rows(kvm)
+    kvms = [r for r in rows if r['domain_type'] == 'kvm'] or rows
+    groups = sorted(rows[-1]['floor']['groups'], key=lambda g: (
+        GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER), g))
+    heads = ' / '.join('%s' % _label(r) for r in rows)
+    lines = ['### Each stats group alone, per guest (state group included; '
+             'median of 5 calls; QMP commands and files from strace of '
+             'libvirtd, the least over 3 traced windows at every KVM '
+             'size)', '',
+             '| group | QMP commands per guest | files opened per guest | '
+             'libvirtd CPU µs per guest: %s | wall µs per guest: %s |'
+             % (heads, heads), '| --- | --- | --- | --- | --- |']
+    # Each size's counts are the least over its traced windows; the least
+    # over all sizes drops what other clients of the daemon added.
+    work = {}
+    for g in groups:
+        qmp = opens = None
+        for r in kvms:
+            q = collections.Counter(r['floor']['groups'][g]['qmp_per_guest'])
+            o = collections.Counter(
+                r['floor']['groups'][g]['opens_per_guest'])
+            qmp = q if qmp is None else qmp & q
+            opens = o if opens is None else opens & o
+        work[g] = qmp, opens
+    for g in groups:
+        cpu = ' / '.join('%.0f' % (r['floor']['groups'][g]
+                                   ['libvirtd_cpu_per_guest_s'] * 1e6)
+                         for r in rows)
+        wall = ' / '.join('%.0f' % (r['floor']['groups'][g]
+                                    ['wall_per_guest_s'] * 1e6)
+                          for r in rows)
+        lines.append('| %s | %s | %s | %s | %s |' % (
+            g, _counts(work[g][0]), _counts(work[g][1]), cpu, wall))
+    return '\n'.join(lines)
+
+
+FLOOR_GROUP = 'vcpu+interface+block'
+
+
+def floor_table(kvm):
+    lines = ['### Against the floor: libvirtd CPU per guest per cycle, µs',
+             '', '| guests | floor (%s in one call) | nova-usage-ext (shipped)'
+             ' | ours / floor | ceilometer 27 | ceilometer / floor |'
+             % FLOOR_GROUP, '| --- | --- | --- | --- | --- | --- |']
+    for row in _kvm_rows(kvm):
+        f = row['floor']['groups'][FLOOR_GROUP]['libvirtd_cpu_per_guest_s']
+        f *= 1e6
+        ours, ceil = _per_guest_us(row, 'ours'), _per_guest_us(
+            row, 'ceilometer')
+        lines.append('| %s | %.0f | %.0f | %s | %.0f | %s |' % (
+            _label(row), f, ours, _ratio(common_ratio(ours, f)), ceil,
+            _ratio(common_ratio(ceil, f))))
+    return '\n'.join(lines)
+
+
+def common_ratio(a, b):
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def kvm_targets(kvm):
+    rows = []
+    kvms = kvm['sizes']
+    at = [r for r in kvms if r['guests'] == KVM_TARGET_GUESTS]
+    for key, label, need in (('wall_s', 'wall time', 10),
+                             ('libvirtd_cpu_sched_s', 'libvirtd CPU', 10),
+                             ('cpu_s', 'client CPU', 30)):
+        if at:
+            value = at[0]['ratios'][key]
+            rows.append(('>= %d× less %s per cycle than ceilometer at %d '
+                         'KVM guests' % (need, label, KVM_TARGET_GUESTS),
+                         '%s (other sizes: %s)' % (_ratio(value), ', '.join(
+                             '%s at %d' % (_ratio(r['ratios'][key]),
+                                           r['guests'])
+                             for r in kvms if r is not at[0])),
+                         _status(value is not None and value >= need)))
+        else:
+            rows.append(('>= %d× less %s than ceilometer at %d KVM guests'
+                         % (need, label, KVM_TARGET_GUESTS), 'not reached',
+                         _status(False, False)))
+    calls = [(r['ours']['calls']['max'], _label(r)) for r in _kvm_rows(kvm)]
+    rows.append(('<= 2 libvirt calls per steady-state cycle at every size',
+                 ', '.join('%d at %s' % c for c in calls),
+                 _status_list([c[0] <= 2 for c in calls],
+                              [c[1] for c in calls])))
+    ratios = []
+    for r in kvms:
+        f = r['floor']['groups'][FLOOR_GROUP]['libvirtd_cpu_per_guest_s']
+        ratios.append((common_ratio(_per_guest_us(r, 'ours'), f * 1e6),
+                       _label(r)))
+    rows.append(('libvirtd CPU per guest within 2× of the floor',
+                 ', '.join('%s at %s' % (_ratio(v), lab)
+                           for v, lab in ratios),
+                 _status_list([v is not None and v <= 2 for v, _ in ratios],
+                              [lab for _, lab in ratios])))
+    lines = ['### Targets (KVM)', '', '| target | measured | status |',
+             '| --- | --- | --- |']
+    lines += ['| %s | %s | %s |' % row for row in rows]
+    return '\n'.join(lines), rows
+
+
+def kvm_markdown(results):
+    kvm = results['kvm']
+    m = results['machine']
+    parts = ['Machine: %s CPUs (%s), %s MiB RAM; %s; %s; ceilometer %s. '
+             'Run %s, %.0f s; 1-minute load average %.1f → %.1f.' % (
+                 m['nproc'], m['cpu_model'], m['memory_mib'], m['libvirtd'],
+                 m['qemu'], m['ceilometer'], results['started_at'],
+                 results['duration_s'],
+                 *results['load_average_1min']['kvm']),
+             kvm_cycle_table(kvm), kvm_group_table(kvm), floor_table(kvm)]
+    text, rows = kvm_targets(kvm)
+    parts.append(text)
+    return '\n\n'.join(parts) + '\n', rows

@@ -18,6 +18,8 @@ import warnings
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, 'results')
+KVM_PLOT = os.path.join(REPO, 'doc', 'source', 'images',
+                        'kvm-poll-cycle.png')
 
 
 def _sizes(text):
@@ -55,6 +57,22 @@ def parse_args(argv):
     for part in ('poll', 'scale', 'hook', 'payload'):
         p.add_argument('--skip-' + part, action='store_true',
                        help='skip the %s part' % part)
+    p.add_argument('--kvm', action='store_true',
+                   help='run only the KVM poll cycle: --kvm-sizes KVM '
+                        'guests and 20 TCG guests against ceilometer, each '
+                        'stats group\'s cost, and the picture (writes '
+                        'benchmarks/results/kvm.json and --kvm-plot)')
+    p.add_argument('--kvm-sizes', type=_sizes, default=[20, 50, 100, 200],
+                   help='KVM guest counts (default 20,50,100,200)')
+    p.add_argument('--kvm-cycles', type=int, default=5,
+                   help='measured cycles of each poller per KVM size '
+                        '(default 5)')
+    p.add_argument('--kvm-tcg-guests', type=int, default=20,
+                   help='TCG guests of the comparison row (default 20; 0: '
+                        'none)')
+    p.add_argument('--kvm-plot', default=KVM_PLOT,
+                   help='PNG of cost per cycle against guests (default '
+                        'doc/source/images/kvm-poll-cycle.png)')
     p.add_argument('--quick', action='store_true',
                    help='a short smoke run: 5 guests, 3 cycles, 100 '
                         'domains, 50 deletes, 5 per broker-down case')
@@ -95,12 +113,19 @@ def run_parts(args, results):
 
     load = results['load_average_1min'] = {}
 
-    def part(name, func, *a):
+    def part(name, func, *a, **kw):
         before = _load()
-        results[name] = func(*a, log)
+        results[name] = func(*a, log, **kw)
         load[name] = [before, _load()]
 
     with common.interruptible():
+        if args.kvm:
+            from benchmarks import kvm_cycle
+            os.makedirs(os.path.dirname(os.path.abspath(args.kvm_plot)),
+                        exist_ok=True)
+            part('kvm', kvm_cycle.run, args.kvm_sizes, args.kvm_cycles,
+                 tcg_guests=args.kvm_tcg_guests, plot=args.kvm_plot)
+            return
         if not args.skip_poll:
             from benchmarks import poll_cycle
             part('poll', poll_cycle.run, args.guests, args.cycles)
@@ -134,7 +159,8 @@ def main(argv=None):
     common.quiet_logging()
     full = is_default_run(args, parser)
     output = args.output or os.path.join(
-        RESULTS, 'latest.json' if full else 'partial.json')
+        RESULTS, 'kvm.json' if args.kvm else
+        'latest.json' if full else 'partial.json')
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.monotonic()
     results = {

@@ -1,0 +1,51 @@
+"""The picture of the KVM run: cost per cycle against instance count, for
+this package and ceilometer 27 (matplotlib, a test/bench dependency)."""
+
+import matplotlib
+
+matplotlib.use('Agg')  # no display: write a file
+
+from matplotlib import pyplot  # noqa: E402
+
+from benchmarks import poll_cycle  # noqa: E402
+
+SERIES = ((poll_cycle.OURS, 'nova-usage-ext (shipped)', 'tab:blue', 'o'),
+          (poll_cycle.ONE_CALL, 'nova-usage-ext (one call)', 'tab:cyan',
+           's'),
+          (poll_cycle.CEILOMETER, 'ceilometer 27 compute agent', 'tab:red',
+           '^'))
+PANELS = (('wall_s', 'wall time per cycle (ms)'),
+          ('libvirtd_cpu_sched_s', 'libvirtd CPU per cycle (ms)'))
+
+
+def cost_per_cycle(kvm, path):
+    """Two panels (wall, libvirtd CPU), log-log, median with min–max bars,
+    one line per poller over the KVM sizes."""
+    rows = kvm['sizes']
+    fig, axes = pyplot.subplots(1, 2, figsize=(10, 4.2))
+    for ax, (key, title) in zip(axes, PANELS):
+        for who, label, colour, marker in SERIES:
+            xs, ys, lo, hi = [], [], [], []
+            for row in rows:
+                s = row[who][key]
+                if not s:
+                    continue
+                xs.append(row['guests'])
+                ys.append(s['median'] * 1e3)
+                lo.append((s['median'] - s['min']) * 1e3)
+                hi.append((s['max'] - s['median']) * 1e3)
+            ax.errorbar(xs, ys, yerr=[lo, hi], label=label, color=colour,
+                        marker=marker, capsize=3)
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xticks([r['guests'] for r in rows])
+        ax.set_xticklabels([str(r['guests']) for r in rows])
+        ax.set_xlabel('KVM guests on the host')
+        ax.set_title(title)
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0].legend(fontsize='small')
+    fig.suptitle('Poll cycle cost against instance count (median, min–max; '
+                 '%d cycles each)' % kvm['cycles'])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot.close(fig)
