@@ -36,6 +36,7 @@ from nova_usage_ext import state
 from nova_usage_ext.virt import base
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests import libvirt_node
+from tests.functional import balloon_guest
 from tests.functional import bus
 from tests.functional import ceilometer_fixtures as cf
 from tests.functional import fixtures as qemu_fixtures
@@ -243,6 +244,65 @@ class TestParityWithCeilometerPolling(testtools.TestCase):
         self.assertEqual([], [s.name for s in polled
                               if s.name in DEFAULT_POLLED])
         self.assertEqual([], ours)
+
+
+class TestBalloonGuestParity(testtools.TestCase):
+    """A guest that boots Linux with a balloon driver: memory.usage and
+    memory.available with real values, and every other default meter, as
+    ceilometer's pollsters give them."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(cf.CeilometerConf()).conf
+        self.balloon = self.useFixture(balloon_guest.BalloonGuest())
+        self.conf.set_override('libvirt_uri', qemu_fixtures.URI)
+        self.pollsters = self.useFixture(cf.ComputePollsters(self.conf))
+        self.reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_usage.LibvirtConnection(qemu_fixtures.URI))
+        self.addCleanup(self.reader.close)
+        self.endpoint = ceilometer_endpoint.UsageNotifications(
+            self.conf, None)
+
+    def test_memory_meters_with_real_values(self):
+        guest = self.balloon.guest
+        instances = cf.discover(self.conf, [guest.uuid])
+        low = self.pollsters.poll(instances)
+        (usage,) = [u for u in self.reader.read_all(base.EVERY_KIND)
+                    if u.uuid == guest.uuid]
+        (message,) = host_usage.messages(self.conf.host, usage.read_at,
+                                         [usage], 100)
+        ours = list(self.endpoint.build_sample(cf.as_received(message)))
+        high = self.pollsters.poll(instances)
+
+        def keyed(samples):
+            return {(s.name, s.resource_id): s for s in samples
+                    if s.name in DEFAULT_POLLED}
+
+        low, high, mine = keyed(low), keyed(high), keyed(ours)
+        self.addDetail('memory', content.text_content(json.dumps(
+            {k[0]: [low[k].volume, mine.get(k) and mine[k].volume,
+                    high[k].volume] for k in low
+             if k[0].startswith('memory')})))
+        # All twelve default meters, memory included, on both sides.
+        self.assertEqual(set(DEFAULT_POLLED), {name for name, _ in low})
+        self.assertEqual(sorted(low), sorted(mine))
+        for name in ('memory.usage', 'memory.available'):
+            key = (name, guest.uuid)
+            first, second, ours_ = low[key], high[key], mine[key]
+            self.assertEqual(('gauge', 'MiB'), (ours_.type, ours_.unit))
+            self.assertGreater(ours_.volume, 0)
+            bounds = sorted((first.volume, second.volume))
+            self.assertTrue(bounds[0] <= ours_.volume <= bounds[1],
+                            '%s: %s not within %s' % (name, ours_.volume,
+                                                      bounds))
+            for meta in SAME_METADATA:
+                self.assertEqual(first.resource_metadata.get(meta),
+                                 ours_.resource_metadata.get(meta),
+                                 (name, meta))
+        # The guest's own figures, read in the one bulk call.
+        stats = self.balloon.domain().memoryStats()
+        self.assertEqual(stats['available'] / 1024,
+                         mine[('memory.available', guest.uuid)].volume)
 
 
 class TestNotificationAgent(testtools.TestCase):
