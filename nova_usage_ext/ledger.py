@@ -193,6 +193,23 @@ class _Instance:
         return any(c.total != c.start
                    for _k, _d, _n, c in self.all_counters())
 
+    def close(self, ending, final):
+        """Start the next period at ``ending``; returns what undoes it."""
+        counters = [c for _k, _d, _n, c in self.all_counters()]
+        starts = [c.start for c in counters]
+        previous = (self.period_start, self.closed)
+
+        def undo():
+            self.period_start, self.closed = previous
+            for counter, start in zip(counters, starts):
+                counter.start = start
+
+        for counter in counters:
+            counter.start = counter.total
+        self.period_start = utc(ending)
+        self.closed = final
+        return undo
+
     # -- rows in the store -------------------------------------------------
 
     def to_row(self):
@@ -282,6 +299,16 @@ def _counters(data, names):
             raise ValueError('counter %s starts above its total' % name)
         counters[name] = _Counter(last, total, start)
     return counters
+
+
+@dataclasses.dataclass(slots=True)
+class Closing:
+    """A request to end an instance's period (see ``close_period``)."""
+    uuid: str
+    ending: datetime.datetime
+    build: object
+    final: bool = False
+    held: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -551,28 +578,53 @@ class Ledger:
         :raises Exception: whatever ``build`` or the store raise; nothing
             changed then.
         """
+        (result,) = self.close_periods([Closing(uuid, ending, build, final,
+                                                held)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def close_periods(self, closings):
+        """``close_period`` for several :class:`Closing`, in one
+        transaction (one fsync for a burst of deletes).
+
+        :returns: per closing, :class:`Queued`, None (instance unknown) or
+            the exception its ``build`` raised (that one changed nothing).
+        :raises Exception: the store failed; nothing changed.
+        """
+        results = [None] * len(closings)
         with self._lock:
-            instance = self._instances.get(uuid)
-            if instance is None:
-                return None
-            period = self._record(uuid, lambda c: c.unreported)
-            ctxt, message, priority = build(period)
-            counters = [c for _k, _d, _n, c in instance.all_counters()]
-            previous = ([c.start for c in counters], instance.period_start,
-                        instance.closed)
-            for counter in counters:
-                counter.start = counter.total
-            instance.period_start = utc(ending)
-            instance.closed = final
+            done = []
             try:
+                for index, closing in enumerate(closings):
+                    instance = self._instances.get(closing.uuid)
+                    if instance is None:
+                        continue
+                    period = self._record(closing.uuid,
+                                          lambda c: c.unreported)
+                    try:
+                        ctxt, message, priority = closing.build(period)
+                    except Exception as exc:
+                        results[index] = exc
+                        continue
+                    done.append((index, closing, instance.close(
+                        closing.ending, closing.final), period,
+                        (ctxt, message, priority)))
+                if not done:
+                    return results
+                dropped = 0
                 with self.store.transaction() as tx:
-                    seq, dropped = tx.queue(uuid, priority, ctxt, message,
-                                            self.outbox_max, held=held)
-                    self._write(tx, extra=(uuid,))
+                    for index, closing, _undo, period, built in done:
+                        ctxt, message, priority = built
+                        seq, lost = tx.queue(closing.uuid, priority, ctxt,
+                                             message, self.outbox_max,
+                                             held=closing.held)
+                        dropped += lost
+                        results[index] = Queued(seq, message, period)
+                    self._write(tx, extra=[c.uuid for _i, c, *_r in done])
             except BaseException:
-                starts, instance.period_start, instance.closed = previous
-                for counter, start in zip(counters, starts):
-                    counter.start = start
+                for _index, _closing, undo, _period, _built in reversed(done):
+                    undo()
                 raise
             self._saved()
             if dropped:
@@ -581,7 +633,7 @@ class Ledger:
                           ' dropped the %d oldest undelivered ones (%d '
                           'dropped since start)', self.outbox_max, dropped,
                           self.dropped_messages)
-            return Queued(seq, message, period)
+            return results
 
     def forget(self, uuid):
         """Drop an instance's state now (it is gone and reported)."""

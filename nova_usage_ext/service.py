@@ -179,6 +179,73 @@ class _Reads:
             job['done'].set()
 
 
+class _Closer:
+    """Closes the final periods the hook asks for, on a daemon thread of
+    its own: all those waiting go in one transaction (one fsync for a burst
+    of deletes), and the hook waits for it no longer than its budget. A
+    closing that was not committed when nova-compute died is not lost: the
+    usage stays in the ledger and goes out in a ``left_host`` final.
+    """
+
+    def __init__(self, ledger):
+        self._ledger = ledger
+        self._cond = threading.Condition()
+        self._jobs = []
+        self._thread = None
+        self._stopped = False
+
+    def submit(self, closing, on_done):
+        """Queue ``closing`` (a ledger ``Closing``); ``on_done(queued)``
+        runs on the closer's thread once committed. Returns an Event set
+        then (or on failure)."""
+        done = threading.Event()
+        with self._cond:
+            if self._thread is None:
+                self._stopped = False
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True,
+                    name='nova-usage-ext-close')
+                self._thread.start()
+            self._jobs.append((closing, on_done, done))
+            self._cond.notify()
+        return done
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _run(self):
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopped:
+                    self._cond.wait()
+                if not self._jobs:
+                    self._thread = None
+                    return
+                jobs, self._jobs = self._jobs, []
+            try:
+                results = self._ledger.close_periods([j[0] for j in jobs])
+            except Exception:
+                LOG.exception('nova-usage-ext: cannot queue %d final '
+                              'exists; their usage stays in the ledger',
+                              len(jobs))
+                results = [None] * len(jobs)
+            for (closing, on_done, done), result in zip(jobs, results):
+                try:
+                    if isinstance(result, Exception):
+                        LOG.error('nova-usage-ext: cannot build the final '
+                                  'exists of %s: %s', closing.uuid, result)
+                    elif result is not None:
+                        on_done(result)
+                except Exception:
+                    LOG.exception('nova-usage-ext: after queuing the final '
+                                  'exists of %s', closing.uuid)
+                finally:
+                    done.result = result
+                    done.set()
+
+
 class UsageService:
     """Reader, ledger, delivery and periodic loop of one nova-compute.
 
@@ -223,6 +290,7 @@ class UsageService:
         self._final_requests = {}
         self._close_lock = threading.Lock()
         self._reads = _Reads(self.read_now)
+        self._closer = _Closer(ledger)
         self.delivery = usage_delivery.Delivery(
             ledger.store, send or _send_through_drivers)
         self._loop = None
@@ -282,6 +350,8 @@ class UsageService:
             self._loop = None
         self.delivery.stop()
         self._reads.stop()
+        # Whatever the hook asked to close is committed first.
+        self._closer.stop()
         if self.plugins is not None:
             self.plugins.close()
         if self.host_usage is not None:
@@ -466,7 +536,7 @@ class UsageService:
         :returns: the queued message's seq, or None when nothing was
             queued (unknown here, or final already queued).
         """
-        started = time.monotonic()
+        deadline = time.monotonic() + budget
         request = ctxt.get('request_id') if isinstance(ctxt, dict) else None
         if (self.ledger.is_closed(uuid) and
                 self._final_requests.get(uuid) == request):
@@ -487,18 +557,26 @@ class UsageService:
         ending = base.utcnow()
         build = self._final_builder(uuid, usage, source, nova_payload, ctxt,
                                     priority, ending, reason)
-        queued = self.ledger.close_period(uuid, ending, build, final=True)
-        if queued is None:
+
+        def queued(result):
+            with self._close_lock:
+                self._final_requests = {
+                    u: r for u, r in self._final_requests.items()
+                    if u in self.ledger}
+                self._final_requests[uuid] = request
+            self.delivery.wake()
+
+        done = self._closer.submit(usage_ledger.Closing(
+            uuid, ending, build, final=True), queued)
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            LOG.warning('nova-usage-ext: the final exists of %s was not '
+                        'queued within %.1fs; it follows nova\'s message',
+                        uuid, budget)
             return None
-        with self._close_lock:
-            self._final_requests = {
-                u: r for u, r in self._final_requests.items()
-                if u in self.ledger}
-            self._final_requests[uuid] = request
-        self.delivery.wake()
-        LOG.debug('nova-usage-ext: final exists of %s queued in %.3fs', uuid,
-                  time.monotonic() - started)
-        return queued.seq
+        result = getattr(done, 'result', None)
+        if not isinstance(result, usage_ledger.Queued):
+            return None
+        return result.seq
 
     def _final_builder(self, uuid, usage, source, nova_payload, ctxt,
                        priority, ending, reason):

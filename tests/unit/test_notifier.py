@@ -2,6 +2,7 @@
 in-memory ``test`` notification driver standing for the bus (the real bus
 is in tests/functional)."""
 
+import contextlib
 import threading
 import time
 import uuid as uuidlib
@@ -223,10 +224,33 @@ class TestFinals(HookTestCase):
             self.assertLess(time.monotonic() - began, BUDGET + 0.25)
         self.assertEqual(len(self.uuids), len(self.nova_sent()))
         # The messages wait in the outbox, not in threads.
-        self.assertLessEqual(threading.active_count(), threads_before + 2)
+        # The two read workers and the closer, whatever the deletes.
+        self.assertLessEqual(threading.active_count(), threads_before + 3)
         self.sends.mode = 'ok'
         self.sends.release.set()
         self.wait_for(lambda: len(self.sends.sent) == len(self.uuids))
+
+    def test_a_slow_commit_holds_nova_for_the_budget_only(self):
+        # A burst of deletes queues on the fsync of each commit: the hook
+        # is bounded as a whole, and the final still goes out after.
+        self.start()
+        store = self.service.ledger.store
+        real = store.transaction
+
+        @contextlib.contextmanager
+        def slow():
+            time.sleep(BUDGET * 2)
+            with real() as tx:
+                yield tx
+        self.useFixture(fixtures.MockPatchObject(store, 'transaction',
+                                                 slow))
+        began = time.monotonic()
+        self.driver.notify({}, _delete_start(self.uuids[0]), 'INFO', -1)
+        self.assertLess(time.monotonic() - began, BUDGET + 0.25)
+        self.assertEqual([_delete_start(self.uuids[0])], self.nova_sent())
+        self.wait_for(lambda: len(self.sends.sent) == 1)
+        self.assertEqual(self.uuids[0],
+                         self.sends.sent[0]['payload']['instance_id'])
 
     def test_outbox_at_its_bound_drops_the_oldest_and_says_so(self):
         self.outbox_max = 2

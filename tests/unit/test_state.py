@@ -251,3 +251,38 @@ class TestBaseline(StateTestCase):
         book.update(base.HostReading([_usage(20, T0), skipped]))
         self.assertEqual(0, book.period_usage(other).cpu_time_ns)
         self.assertFalse(book.wants_baseline)
+
+
+class TestGroupCommit(StateTestCase):
+
+    def test_several_closings_share_one_transaction(self):
+        book = self.ledger()
+        book.update(base.HostReading([]))
+        other = '00000000-0000-0000-0000-000000000002'
+        first = _usage(10, T0)
+        second = _usage(30, T0)
+        second.uuid = other
+        book.update(base.HostReading([first, second]))
+        transactions = []
+        real = book.store.transaction
+
+        def counting():
+            transactions.append(1)
+            return real()
+        book.store.transaction = counting
+
+        def broken(period):
+            raise ValueError('cannot build')
+        results = book.close_periods([
+            ledger.Closing(UUID, T0, _build, final=True),
+            ledger.Closing(other, T0, _build, final=True),
+            ledger.Closing('00000000-0000-0000-0000-00000000dead', T0,
+                           _build),
+            ledger.Closing(other, T0, broken)])
+        self.assertEqual(1, len(transactions))
+        self.assertEqual([10, 30], [r.message['period_cpu']
+                                    for r in results[:2]])
+        self.assertIsNone(results[2])
+        self.assertIsInstance(results[3], ValueError)
+        self.assertEqual(2, book.store.outbox_size())
+        self.assertTrue(book.is_closed(UUID) and book.is_closed(other))
