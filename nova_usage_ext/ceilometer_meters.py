@@ -90,7 +90,8 @@ def instance_metadata(data, host, hypervisor_state=None, flavor_id=None,
     flavor_name = data.get('flavor_name')
     flavor = {'id': flavor_id or data.get('flavor_id') or flavor_name,
               'name': flavor_name, 'vcpus': vcpus, 'ram': memory_mb,
-              'disk': disk_gb, 'ephemeral': ephemeral_gb}
+              'disk': disk_gb, 'ephemeral': ephemeral_gb,
+              'swap': data.get('swap_mb')}
     image_ref = image_ref or data.get('image_ref')
     metadata = {
         'display_name': data.get('display_name'),

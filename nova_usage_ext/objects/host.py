@@ -45,6 +45,7 @@ class HostInstanceUsagePayload(base.UsageObject):
         'memory_mb': fields.NonNegativeIntegerField(),
         'root_gb': fields.NonNegativeIntegerField(),
         'ephemeral_gb': fields.NonNegativeIntegerField(),
+        'swap_mb': fields.NonNegativeIntegerField(),
         # nova's power state name, and the hypervisor's own code, which is
         # what ceilometer's power.state meter reports.
         'power_state': fields.StringField(),
@@ -80,6 +81,7 @@ class HostInstanceUsagePayload(base.UsageObject):
             'memory_mb': record.memory_mb,
             'root_gb': flavor.root_gb if flavor else None,
             'ephemeral_gb': flavor.ephemeral_gb if flavor else None,
+            'swap_mb': flavor.swap_mb if flavor else None,
             'hypervisor_state': record.hypervisor_state,
         }
         for name in virt_base.CPU_COUNTERS:

@@ -141,7 +141,8 @@ class TestParityWithCeilometerPolling(testtools.TestCase):
             for name in SAME_METADATA:
                 self.assertEqual(theirs.get(name), ours_meta.get(name),
                                  (key, name))
-            for name in ('name', 'vcpus', 'ram', 'disk', 'ephemeral'):
+            for name in ('name', 'vcpus', 'ram', 'disk', 'ephemeral',
+                         'swap'):
                 self.assertEqual(theirs['flavor'][name],
                                  ours_meta['flavor'][name], (key, name))
             # ceilometer's discovery falls back to the flavor name for its

@@ -110,7 +110,7 @@ class TestHostUsage(MetersTestCase):
         self.assertEqual(hashlib.sha224(('p' * 32 + HOST).encode())
                          .hexdigest(), cpu['host'])
         self.assertEqual({'id': '42', 'name': 'm1.small', 'vcpus': 1,
-                          'ram': 64, 'disk': 20, 'ephemeral': 5},
+                          'ram': 64, 'disk': 20, 'ephemeral': 5, 'swap': 0},
                          cpu['flavor'])
         self.assertEqual((20, 5, 15), (cpu['disk_gb'], cpu['ephemeral_gb'],
                                        cpu['root_gb']))

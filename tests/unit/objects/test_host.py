@@ -62,7 +62,9 @@ class TestHostUsagePayload(testtools.TestCase):
         self.assertEqual('running', fields['power_state'])
         self.assertEqual(1, fields['hypervisor_state'])
         self.assertEqual(120000000, fields['vcpu_time_ns'])
-        self.assertEqual((20, 5), (fields['root_gb'], fields['ephemeral_gb']))
+        self.assertEqual((20, 5, 0), (fields['root_gb'],
+                                      fields['ephemeral_gb'],
+                                      fields['swap_mb']))
         self.assertEqual(('m1.small', '42'), (fields['flavor_name'],
                                               fields['flavor_id']))
         self.assertEqual('5d8a1b8e-6f0e-4c1b-9a57-3c2f0e7d0000',

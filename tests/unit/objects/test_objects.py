@@ -20,7 +20,7 @@ objects.register_all()
 EXPECTED_FINGERPRINTS = {
     'AttachedVolumeUsagePayload': '1.0-370409d6e1798ef7371c5e8eda4aba82',
     'DiskUsagePayload': '1.0-0d4e84591e7f4bb005a7d78a0642eee2',
-    'HostInstanceUsagePayload': '1.0-7abece474ee915737d7b6b70c7a2d1b6',
+    'HostInstanceUsagePayload': '1.0-324b67f5d7086091216fe3ceb1ad9fea',
     'HostUsagePayload': '1.0-bdc2e5cdf9a9e0d59adc51dd6935631e',
     'InstanceUsagePayload': '1.2-2c090b7a815933765498fd2aba6b21b3',
     'InterfaceUsagePayload': '1.0-7e29e472326cacb5393a2d7d2b72048f',
