@@ -161,6 +161,9 @@ def _s(value):
     return '-' if value is None else '%.1f' % value
 
 
+PACKAGE_THREADS = 4
+
+
 def _met(ok):
     return 'met' if ok else '**not met**'
 
@@ -186,9 +189,11 @@ def finals_table(results):
         run = entry['package']
         hold = run['hold_ms']
         target = 'all arrive'
+        # The delivery thread, the hook's two read workers and its closer
+        # (twice around a restart).
         ok = _finals_ok(run) and _hold_ok(run) and (
-            run['package_threads_max'] <= 3 * (2 if key == 'restart'
-                                               else 1))
+            run['package_threads_max'] <= PACKAGE_THREADS * (
+                2 if key == 'restart' else 1))
         lines.append('| %s | %d | %d | %d | %d | %d | %s | %s / %s / %s | '
                      '%.1f | %d | %s; hold <= budget + 50 ms | %s |' % (
                          entry['label'], run['finals_queued'],
@@ -300,9 +305,12 @@ def main(argv=None):
     if args.doc_from:
         with open(args.doc_from) as f:
             results = json.load(f)
-        update_doc(results, results['markdown'])
+        # The tables again from the figures, with today's targets.
+        text = markdown(results)
+        update_doc(results, text)
         _progress('%s updated from %s' % (DOC, args.doc_from))
-        return 0 if all_met(results['markdown']) else 1
+        print(text)
+        return 0 if all_met(text) else 1
     from benchmarks import common
     common.quiet_logging()
     results = run(args)
