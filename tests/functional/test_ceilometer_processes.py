@@ -6,12 +6,21 @@ sends host.usage for the same guest (a Linux guest with a balloon driver,
 so that every default meter has a value). Both sides' samples come out of
 the same agent: meter by meter, the same names, types, units, resource
 ids, metadata keys and values, and volumes.
+
+ceilometer's discovery lists every guest of the shared libvirtd and asks
+nova's API for the flavor id of a guest whose metadata has none (other
+test processes' guests): with no keystone here that failure would skip the
+whole discovery. ``NoNovaFlavors`` answers those queries as a nova with no
+such flavor does (404); ceilometer then uses the flavor's name, as it does
+when nova does not know it.
 """
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid as uuidlib
 
@@ -47,6 +56,36 @@ LEFT_OUT = {'os_type', 'architecture', 'image_meta', 'parameters',
 GAUGES = {'power.state', 'memory.available', 'memory.usage'}
 
 
+class _NotFound(http.server.BaseHTTPRequestHandler):
+
+    def do_GET(self):
+        body = json.dumps({'itemNotFound': {
+            'code': 404, 'message': 'Flavor could not be found.'}}).encode()
+        self.send_response(404)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class NoNovaFlavors(fixtures.Fixture):
+    """An HTTP endpoint answering 404 to everything, on a thread of its
+    own; ``url`` is its address."""
+
+    def _setUp(self):
+        server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                                 _NotFound)
+        self.url = 'http://127.0.0.1:%d' % server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+
+
 class TestCeilometerProcesses(testtools.TestCase):
 
     def setUp(self):
@@ -57,6 +96,7 @@ class TestCeilometerProcesses(testtools.TestCase):
         self.topic = 'usage-ext-procs-%s' % uuidlib.uuid4().hex
         self.addCleanup(bus.delete_queues, self.topic)
         self.samples_path = os.path.join(self.tmp, 'samples.json')
+        self.nova = self.useFixture(NoNovaFlavors())
         self.config = self.write_config()
 
     def write_config(self):
@@ -80,8 +120,11 @@ class TestCeilometerProcesses(testtools.TestCase):
                     '[notification]\npipelines = meter\n'
                     '[meter]\nmeter_definitions_dirs = %s\n'
                     '[polling]\ncfg_file = %s\n'
+                    '[service_credentials]\nauth_type = none\n'
+                    'endpoint = %s\n'
                     % (bus.RABBIT_URL, HOST, qemu_fixtures.URI, pipeline,
-                       self.topic, cf.PACKAGED_METERS_DIR, polling))
+                       self.topic, cf.PACKAGED_METERS_DIR, polling,
+                       self.nova.url))
         return config
 
     def start(self, name, *args):
