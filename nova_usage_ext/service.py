@@ -405,7 +405,8 @@ class UsageService:
             self.plugins.dispatch(usages, kinds, self.ledger.totals,
                                   self.reader.read_host_figures,
                                   reading.complete,
-                                  self.ledger.store.outbox_size)
+                                  self.ledger.store.outbox_size,
+                                  reading.skipped)
         if self.host_usage is not None and base.MEMORY in kinds:
             # Hands the reading over; never waits for the bus.
             self.host_usage.submit(read_at, usages)

@@ -105,14 +105,16 @@ class HostRecord:
 class HealthRecord:
     """The package's own figures for one cycle: when it ended (Unix
     time), how long it took from the start of its read (seconds), the
-    nova instances read, whether it read every one (``complete``), and
-    the messages waiting in the outbox (None when not known)."""
+    nova instances read, whether it read every one (``complete``) and
+    how many it could not (``skipped``), and the messages waiting in the
+    outbox (None when not known)."""
     host: str
     ended_at: float
     duration_s: float | None
     instances: int
     complete: bool
     outbox_messages: int | None
+    skipped: int = 0
 
 
 class MetricPlugin:

@@ -50,6 +50,7 @@ class Job:
     complete: bool
     outbox_size: object
     ended_at: float
+    skipped: int = 0
 
 
 def _put_stop(pending):
@@ -317,7 +318,7 @@ class PluginManager:
             return None
 
     def dispatch(self, usages, kinds, totals, read_host_figures,
-                 complete=True, outbox_size=None):
+                 complete=True, outbox_size=None, skipped=0):
         """Hand one cycle to the plugins; never raises, never waits.
 
         The poll thread only copies the ledger's totals of the instances
@@ -334,6 +335,7 @@ class PluginManager:
         :param complete: the read skipped no nova instance.
         :param outbox_size: ``() -> int``, the messages in the outbox;
             called only when a plugin defines ``on_health``.
+        :param skipped: the nova instances the read could not read.
         :returns: True when the cycle was handed over.
         """
         hooks = self._hooks
@@ -346,7 +348,7 @@ class PluginManager:
                             for usage in usages}
             self._pending.put_nowait(Job(
                 usages, kinds, snapshot, read_host_figures, complete,
-                outbox_size, time.time()))
+                outbox_size, time.time(), skipped))
             return True
         except queue.Full:
             self.dropped += 1
@@ -413,7 +415,8 @@ class PluginManager:
             except Exception as exc:
                 LOG.debug('nova-usage-ext: outbox size unknown: %s', exc)
         return base.HealthRecord(self.host, job.ended_at, duration,
-                                 len(job.usages), job.complete, outbox)
+                                 len(job.usages), job.complete, outbox,
+                                 job.skipped)
 
     def _host_figures(self, read, instances):
         try:

@@ -216,6 +216,9 @@ class PrometheusPlugin(base.MetricPlugin):
                  'took, from its read to the plugins.', health.duration_s),
                 ('instances_read', 'nova instances the last cycle read.',
                  health.instances),
+                ('instances_skipped', 'nova instances the last cycle could '
+                 'not read (busy or failing; read again next cycle).',
+                 health.skipped),
                 ('last_read_complete', '1 when the last cycle read every '
                  'nova instance, 0 when it skipped some.',
                  1 if health.complete else 0),

@@ -251,6 +251,8 @@ class HostReading:
     """
     usages: list[InstanceUsage]
     complete: bool = True
+    #: How many nova instances the reader could not read this time.
+    skipped: int = 0
 
 
 @dataclasses.dataclass(slots=True)

@@ -308,7 +308,7 @@ class HyperVUsageReader(base.UsageReader):
         vms = self._nova_vms()
         read_at = base.utcnow()
         usages = []
-        complete = True
+        skipped = 0
         for name, uuid in vms:
             try:
                 usage = self._read_vm(name, uuid, read_at, devices=True,
@@ -320,7 +320,7 @@ class HyperVUsageReader(base.UsageReader):
             except OS_WIN_ERRORS as exc:
                 LOG.warning('Skipping VM %s (instance %s) this cycle: %s',
                             name, uuid, exc)
-                complete = False
+                skipped += 1
                 continue
             usages.append(usage)
         listed = {name for name, _uuid in vms}
@@ -329,7 +329,7 @@ class HyperVUsageReader(base.UsageReader):
                 del self._metering[name]
             for name in [n for n in self._cpu_windows if n not in listed]:
                 del self._cpu_windows[name]
-        return base.HostReading(usages, complete)
+        return base.HostReading(usages, not skipped, skipped)
 
     def read_instance(self, uuid, devices=True):
         uuid = uuid.lower()

@@ -266,7 +266,7 @@ class LibvirtUsageReader(base.UsageReader):
             self._host_error(exc, 'list domains')
         usages = []
         seen = set()
-        complete = True
+        skipped = 0
         for dom, stats in entries:
             try:
                 uuid = dom.UUIDString()
@@ -281,12 +281,12 @@ class LibvirtUsageReader(base.UsageReader):
                     self._host_error(exc, 'read domain')
                 LOG.warning('Skipping domain %s this cycle: %s',
                             dom.name(), exc.get_error_message())
-                complete = False
+                skipped += 1
                 continue
             if usage is not None:
                 usages.append(usage)
         self._prune(seen)
-        return base.HostReading(usages, complete)
+        return base.HostReading(usages, not skipped, skipped)
 
     def read_instance(self, uuid, devices=True):
         conn = self._connection.get()

@@ -16,6 +16,7 @@ from nova_usage_ext import ledger
 from nova_usage_ext import service as usage_service
 from nova_usage_ext import state
 from nova_usage_ext.plugins import manager
+from nova_usage_ext.virt import base
 from nova_usage_ext.virt import libvirt as libvirt_usage
 from tests import libvirt_node
 
@@ -98,9 +99,26 @@ class TestPrometheus(testtools.TestCase):
         self.assertEqual(1, families[
             'nova_usage_ext_last_read_complete'].samples[0].value)
         self.assertEqual(0, families[
+            'nova_usage_ext_instances_skipped'].samples[0].value)
+        self.assertEqual(0, families[
             'nova_usage_ext_outbox_messages'].samples[0].value)
         self.assertGreaterEqual(families[
             'nova_usage_ext_cycle_duration_seconds'].samples[0].value, 0)
+
+    def test_instances_the_read_skipped_are_counted(self):
+        real = self.svc.reader.read_host
+
+        def skipping(*args):
+            reading = real(*args)
+            return base.HostReading(reading.usages[1:], False, 1)
+        self.useFixture(fixtures.MockPatchObject(
+            self.svc.reader, 'read_host', side_effect=skipping))
+        self.cycle()
+        families = scrape(self.plugin.port)
+        self.assertEqual(1, families[
+            'nova_usage_ext_instances_skipped'].samples[0].value)
+        self.assertEqual(0, families[
+            'nova_usage_ext_last_read_complete'].samples[0].value)
 
     def test_an_instance_stopped_or_gone_has_no_series(self):
         self.cycle()

@@ -330,6 +330,7 @@ class TestStatesAndFailures(HyperVTestCase):
         reading = reader.read_host()
         self.assertEqual([UUID0], [u.uuid for u in reading.usages])
         self.assertFalse(reading.complete)
+        self.assertEqual(1, reading.skipped)
         self.assertIn('Skipping VM instance-00000001', self.log.output)
 
     def test_listing_failure_is_hypervisor_unavailable(self):
