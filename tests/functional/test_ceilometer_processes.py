@@ -192,7 +192,10 @@ class TestCeilometerProcesses(testtools.TestCase):
         self.addCleanup(service.stop)
         service.poll(base.EVERY_KIND)
         self.assertTrue(hosts.wait_idle(30))
-        self.assertEqual(1, hosts.sent)
+        # One reading, in one part or more (other test processes' nova
+        # guests on the shared daemon come in it too).
+        self.assertEqual((0, 0), (hosts.failed, hosts.skipped))
+        self.assertGreaterEqual(hosts.sent, 1)
 
     def test_same_samples_as_ceilometer_polling(self):
         guest = self.balloon.guest

@@ -117,23 +117,27 @@ class TestGnocchi(testtools.TestCase):
             self.assertTrue(hosts.wait_idle(20))
             service.poll(base.EVERY_KIND)
         self.assertTrue(hosts.wait_idle(20))
-        self.assertEqual(4, hosts.sent)
+        # Four readings, each in one part or more (the daemon is shared:
+        # other test processes' nova guests come in the message too).
+        self.assertEqual((0, 0), (hosts.failed, hosts.skipped))
+        self.assertGreaterEqual(hosts.sent, 4)
         time.sleep(1.2)
         # The delete: nova's delete.start through the package's driver.
         notifier.info({}, 'compute.instance.delete.start', {
             'instance_id': guest.uuid, 'tenant_id': guest.project_id,
             'user_id': guest.user_id, 'display_name': guest.display_name,
             'host': HOST, 'state': 'active', 'vcpus': 1, 'memory_mb': 64})
-        messages = listener.wait_for(4 + 2, timeout=30)
+        messages = listener.wait_for(hosts.sent + 2, timeout=30)
         final = [m for m in messages
                  if m['event_type'] == exists.EVENT_TYPE][0]
         final_cpu = final['payload']['usage']['nova_object.data'][
             'vcpu_time_ns']
         final_at = final['payload']['usage']['nova_object.data']['read_at']
 
-        instance = self.wait_for(
-            lambda: self.gnocchi.get('/v1/resource/instance/%s'
-                                     % guest.uuid))
+        # The resource, once its cpu metric is there (the publisher
+        # creates the resource, then sends the measures).
+        instance = self.wait_for(lambda: self.with_cpu(
+            self.gnocchi.get('/v1/resource/instance/%s' % guest.uuid)))
         self.assertEqual(guest.display_name, instance['display_name'])
         self.assertEqual(HOST, instance['host'])
         self.assertEqual(guest.flavor, instance['flavor_name'])
@@ -152,6 +156,10 @@ class TestGnocchi(testtools.TestCase):
         self.assertEqual(final_cpu, measures[-1][2])
         values = [m[2] for m in measures]
         self.assertEqual(sorted(values), values)
+
+    @staticmethod
+    def with_cpu(resource):
+        return resource if 'cpu' in resource.get('metrics', {}) else None
 
     def search(self, resource_type, instance_id):
         return self.wait_for(lambda: self.gnocchi.post(
@@ -174,7 +182,7 @@ class TestGnocchi(testtools.TestCase):
         return None
 
     @staticmethod
-    def wait_for(func, timeout=60):
+    def wait_for(func, timeout=180):
         deadline = time.monotonic() + timeout
         while True:
             try:
