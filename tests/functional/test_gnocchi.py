@@ -93,8 +93,9 @@ class TestGnocchi(testtools.TestCase):
         reader = libvirt_usage.LibvirtUsageReader(
             libvirt_usage.LibvirtConnection(qemu_fixtures.URI))
         self.addCleanup(reader.close)
+        # Interval 0: no loop of its own; the test runs the cycles.
         hosts = host_usage.HostUsageSender(
-            HOST, 300, 100, host_usage.DriversOnNovaTopics(
+            HOST, 0, 100, host_usage.DriversOnNovaTopics(
                 sender, ['messagingv2']))
         service = usage_service.UsageService(
             reader, ledger.Ledger(state.Store(tmp)), HOST, {},
@@ -110,18 +111,16 @@ class TestGnocchi(testtools.TestCase):
             transport, driver='nova_usage_ext',
             topics=[topic, listener.topic], publisher_id='compute.%s' % HOST)
 
-        # A few host usage cycles (the loop's first at start), a second
-        # apart (gnocchi's points are).
-        for _ in range(3):
-            time.sleep(1.2)
-            self.assertTrue(hosts.wait_idle(20))
+        # Four host usage cycles, a second apart (gnocchi's points are).
+        for _ in range(4):
+            self.assertTrue(hosts.wait_idle(60))
             service.poll(base.EVERY_KIND)
-        self.assertTrue(hosts.wait_idle(20))
+            time.sleep(1.2)
+        self.assertTrue(hosts.wait_idle(60))
         # Four readings, each in one part or more (the daemon is shared:
         # other test processes' nova guests come in the message too).
         self.assertEqual((0, 0), (hosts.failed, hosts.skipped))
         self.assertGreaterEqual(hosts.sent, 4)
-        time.sleep(1.2)
         # The delete: nova's delete.start through the package's driver.
         notifier.info({}, 'compute.instance.delete.start', {
             'instance_id': guest.uuid, 'tenant_id': guest.project_id,
