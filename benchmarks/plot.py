@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use('Agg')  # no display: write a file
 
 from matplotlib import pyplot  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from benchmarks import poll_cycle  # noqa: E402
 
@@ -14,6 +15,7 @@ SERIES = ((poll_cycle.OURS, 'nova-usage-ext (shipped)', 'tab:blue', 'o'),
            's'),
           (poll_cycle.CEILOMETER, 'ceilometer 27 compute agent', 'tab:red',
            '^'))
+FLOOR = 'vcpu+interface+block'
 PANELS = (('wall_s', 'wall time per cycle (ms)'),
           ('libvirtd_cpu_sched_s', 'libvirtd CPU per cycle (ms)'))
 
@@ -36,10 +38,20 @@ def cost_per_cycle(kvm, path):
                 hi.append((s['max'] - s['median']) * 1e3)
             ax.errorbar(xs, ys, yerr=[lo, hi], label=label, color=colour,
                         marker=marker, capsize=3)
+        if key == 'libvirtd_cpu_sched_s':
+            # The floor: the due groups alone in one call, per guest,
+            # times the guests.
+            ax.plot([r['guests'] for r in rows],
+                    [r['floor']['groups'][FLOOR]['libvirtd_cpu_per_guest_s']
+                     * r['guests'] * 1e3 for r in rows],
+                    color='grey', linestyle='--', marker='.',
+                    label='floor (%s, one call)' % FLOOR)
+            ax.legend(fontsize='small')
         ax.set_xscale('log')
         ax.set_yscale('log')
         ax.set_xticks([r['guests'] for r in rows])
         ax.set_xticklabels([str(r['guests']) for r in rows])
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel('KVM guests on the host')
         ax.set_title(title)
         ax.grid(True, which='both', alpha=0.3)
