@@ -28,6 +28,17 @@ BATCH = 100
 STUCK_SEND = 1.0
 
 
+def legacy_topics(conf):
+    """The topics of nova's legacy notifier (``[oslo_messaging_
+    notifications] topics``, ``notifications`` by default): where
+    ceilometer's notification agent listens, whatever nova's
+    ``notification_format``."""
+    try:
+        return list(conf.oslo_messaging_notifications.topics)
+    except Exception:  # oslo.messaging's options not registered
+        return ['notifications']
+
+
 class DriverSender:
     """Sends a queued message through the real notification drivers, over
     a transport of its own made on first use.

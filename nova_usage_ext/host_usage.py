@@ -54,12 +54,8 @@ class DriversOnNovaTopics:
 
     def __call__(self, entry):
         if self._sender is None:
-            try:
-                topics = list(self._conf.oslo_messaging_notifications.topics)
-            except Exception:  # oslo.messaging's options not registered
-                topics = ['notifications']
-            self._sender = delivery.DriverSender(self._conf, topics,
-                                                 self._names)
+            self._sender = delivery.DriverSender(
+                self._conf, delivery.legacy_topics(self._conf), self._names)
         self._sender(entry)
 
 

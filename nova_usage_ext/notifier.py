@@ -112,9 +112,11 @@ class UsageNotifierDriver(notifier.Driver):
             name_order=True,
             on_missing_entrypoints_callback=self._missing)
         # The package's own messages go through the same drivers over a
-        # transport of their own, never nova's connections.
+        # transport of their own, never nova's connections, on the topics
+        # ceilometer reads: with notification_format = both, nova makes
+        # this driver twice, the versioned one (its own topics) last.
         usage_service.register_sender(
-            delivery.DriverSender(conf, topics, names))
+            delivery.DriverSender(conf, delivery.legacy_topics(conf), names))
 
     @staticmethod
     def _missing(names):

@@ -406,3 +406,18 @@ class TestMessagingDriverFailures(HookTestCase):
         self.wait_for(lambda: len(self.sends.sent) == 1)
         self.assertEqual(msg['message_id'],
                          self.sends.sent[0]['message_id'])
+
+
+class TestTopics(HookTestCase):
+
+    def test_the_package_s_messages_go_where_ceilometer_listens(self):
+        # With notification_format = both nova makes the versioned
+        # notifier (topic versioned_notifications) last: the finals must
+        # still go on the legacy topics.
+        transport = oslo_messaging.get_notification_transport(
+            self.conf, url='fake:/')
+        self.addCleanup(transport.cleanup)
+        notifier.UsageNotifierDriver(self.conf, ['notifications'], transport)
+        notifier.UsageNotifierDriver(self.conf, ['versioned_notifications'],
+                                     transport)
+        self.assertEqual(['notifications'], usage_service._sender._topics)
