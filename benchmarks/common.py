@@ -12,6 +12,14 @@ import statistics
 import subprocess
 import time
 
+# Who the poll-cycle benchmarks measure: this package's reader as shipped
+# (its steady cycles split over concurrent calls), the same reader held to
+# one call per cycle, and ceilometer's compute agent. Here, not in
+# poll_cycle, so that what only names them needs no ceilometer.
+OURS = 'ours'
+ONE_CALL = 'ours_one_call'
+CEILOMETER = 'ceilometer'
+
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 PREFIX = 'nue-bench-'
 

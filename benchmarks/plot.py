@@ -8,12 +8,12 @@ matplotlib.use('Agg')  # no display: write a file
 from matplotlib import pyplot  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from benchmarks import poll_cycle  # noqa: E402
+from benchmarks import common  # noqa: E402
 
-SERIES = ((poll_cycle.OURS, 'nova-usage-ext (shipped)', 'tab:blue', 'o'),
-          (poll_cycle.ONE_CALL, 'nova-usage-ext (one call)', 'tab:cyan',
+SERIES = ((common.OURS, 'nova-usage-ext (shipped)', 'tab:blue', 'o'),
+          (common.ONE_CALL, 'nova-usage-ext (one call)', 'tab:cyan',
            's'),
-          (poll_cycle.CEILOMETER, 'ceilometer 27 compute agent', 'tab:red',
+          (common.CEILOMETER, 'ceilometer 27 compute agent', 'tab:red',
            '^'))
 FLOOR = 'vcpu+interface+block'
 PANELS = (('wall_s', 'wall time per cycle (ms)'),

@@ -42,12 +42,9 @@ def _record(measure, counter_calls, instances, extra=None):
     return rec
 
 
-# Who is measured: this package's reader as shipped (its steady cycles
-# split over concurrent calls), the same reader held to one call per cycle,
-# and ceilometer's compute agent.
-OURS = 'ours'
-ONE_CALL = 'ours_one_call'
-CEILOMETER = 'ceilometer'
+OURS = common.OURS
+ONE_CALL = common.ONE_CALL
+CEILOMETER = common.CEILOMETER
 NAMES = (OURS, ONE_CALL, CEILOMETER)
 
 
