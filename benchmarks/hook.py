@@ -135,8 +135,9 @@ class Breakdown:
 
 STEPS = (('read_bounded', 'read the instance (service.read_bounded, in '
                           'its reader thread)'),
-         ('close_period', 'build the final exists and queue it with the '
-                          'period\'s end (one SQLite transaction, fsynced)'),
+         ('close_periods', 'build the final exists and queue it with the '
+                           'period\'s end (one SQLite transaction, fsynced; '
+                           'the closer thread)'),
          ('wait_delivered', 'wait for the delivery thread to send it'),
          ('send_final', 'of which: the send (messagingv2, own transport)'),
          ('outbox_remove', 'of which: its removal from the outbox (one '
@@ -262,7 +263,8 @@ class HookBench:
         ours_clock = PassClock(_inner_driver(usage_driver))
         steps = Breakdown()
         steps.wrap(self.service, 'read_bounded', 'read_bounded')
-        steps.wrap(self.service.ledger, 'close_period', 'close_period')
+        # Finals are queued by the service's closer thread, in batches.
+        steps.wrap(self.service.ledger, 'close_periods', 'close_periods')
         steps.wrap(self.service.delivery, 'wait_delivered', 'wait_delivered')
         # In the delivery thread, during wait_delivered.
         steps.wrap(self.service.delivery, '_send', 'send_final')
