@@ -284,9 +284,19 @@ class Store:
                              (seq,))
 
     def remove(self, seq):
-        """A driver took the message: forget it."""
+        """A driver took the message: forget it.
+
+        Not fsynced (the next fsynced commit, or a checkpoint, makes it
+        durable): a removal lost in a power cut only sends the message
+        again with its message_id, which consumers drop; the fsync cost
+        the delete hook up to 18 ms at p99.
+        """
         with self._lock:
-            self._db.execute('DELETE FROM outbox WHERE seq = ?', (seq,))
+            self._db.execute('PRAGMA synchronous=NORMAL')
+            try:
+                self._db.execute('DELETE FROM outbox WHERE seq = ?', (seq,))
+            finally:
+                self._db.execute('PRAGMA synchronous=FULL')
 
     def close(self):
         with self._lock:

@@ -53,6 +53,18 @@ class TestDurability(StateTestCase):
         mode = book.store._db.execute('PRAGMA journal_mode').fetchone()[0]
         self.assertEqual('wal', mode)
 
+    def test_period_moves_stay_fsynced_after_a_removal(self):
+        # Removing a sent message is not fsynced; what follows must be.
+        book = self.ledger()
+        book.update(base.HostReading([]))
+        book.update_one(_usage(10, T0))
+        queued = book.close_period(UUID, T0, _build)
+        book.store.remove(queued.seq)
+        self.assertEqual(0, book.store.outbox_size())
+        full = 2
+        self.assertEqual(full, book.store._db.execute(
+            'PRAGMA synchronous').fetchone()[0])
+
     def test_a_save_writes_only_the_instances_that_changed(self):
         book = self.ledger()
         book.update(base.HostReading([]))
