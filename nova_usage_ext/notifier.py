@@ -89,6 +89,15 @@ def _payload_host(payload):
     return data.get('host') if isinstance(data, dict) else None
 
 
+def _versioned_topics(conf):
+    # nova's [notifications] versioned_notifications_topics, where nova
+    # registered it.
+    try:
+        return list(conf.notifications.versioned_notifications_topics)
+    except Exception:
+        return ['versioned_notifications']
+
+
 def _versioned_ending(payload):
     data = payload.get('nova_object.data', {})
     return exists.parse_nova_time(data.get('audit_period', {}).get(
@@ -113,10 +122,13 @@ class UsageNotifierDriver(notifier.Driver):
             on_missing_entrypoints_callback=self._missing)
         # The package's own messages go through the same drivers over a
         # transport of their own, never nova's connections, on the topics
-        # ceilometer reads: with notification_format = both, nova makes
-        # this driver twice, the versioned one (its own topics) last.
+        # ceilometer reads: nova makes this driver for its versioned
+        # notifier too (last, with notification_format = both or
+        # versioned), whose topics ceilometer does not read.
+        if list(topics or ()) == _versioned_topics(conf):
+            topics = delivery.legacy_topics(conf)
         usage_service.register_sender(
-            delivery.DriverSender(conf, delivery.legacy_topics(conf), names))
+            delivery.DriverSender(conf, topics, names))
 
     @staticmethod
     def _missing(names):
