@@ -140,6 +140,8 @@ class Delivery:
         # When the send under way began (a broker that accepts and never
         # answers fails nothing: a send that hangs says it).
         self._sending_since = None
+        # seq -> Event set once that message left the outbox.
+        self._waiting = {}
         self.sent = 0
         self.failed = 0
 
@@ -173,16 +175,19 @@ class Delivery:
     def wait_delivered(self, seq, timeout):
         """Wait until message ``seq`` left the outbox; False on timeout,
         at once while the bus is known to be away."""
-        deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
+            if not self.store.is_queued(seq):
+                return True
             if not self.healthy or self._stuck():
-                return not self.store.is_queued(seq)
-            while self.store.is_queued(seq):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+                return False
+            # One event per message: a burst of deletes waiting is woken
+            # one by one, not all at every message sent.
+            sent = self._waiting.setdefault(seq, threading.Event())
+        try:
+            return sent.wait(max(0.0, timeout))
+        finally:
+            with self._cond:
+                self._waiting.pop(seq, None)
 
     def send_here(self, seq, send):
         """Send queued message ``seq``, queued held, in the calling thread
@@ -201,8 +206,7 @@ class Delivery:
         finally:
             with self._cond:
                 if ok:
-                    self.store.remove(seq)
-                    self.sent += 1
+                    self._removed(seq)
                 else:
                     self.store.release(seq)
                     self._wanted = True
@@ -252,6 +256,14 @@ class Delivery:
                 self._wanted = True
             pause = min(pause * 2, self._max_pause)
 
+    def _removed(self, seq):
+        # With the condition held.
+        self.store.remove(seq)
+        self.sent += 1
+        sent = self._waiting.get(seq)
+        if sent is not None:
+            sent.set()
+
     def _stuck(self):
         since = self._sending_since
         return since is not None and time.monotonic() - since > STUCK_SEND
@@ -282,6 +294,4 @@ class Delivery:
                 finally:
                     self._sending_since = None
                 with self._cond:
-                    self.store.remove(entry.seq)
-                    self.sent += 1
-                    self._cond.notify_all()
+                    self._removed(entry.seq)
