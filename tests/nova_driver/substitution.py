@@ -41,6 +41,7 @@ import unittest
 os.environ['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = '1'
 
 import fixtures  # noqa: E402
+from oslo_i18n import fixture as i18n_fixture  # noqa: E402
 from nova.tests.unit.virt.libvirt import test_driver as nova_test_driver  # noqa: E402,E501
 from nova.tests.unit.virt.libvirt import test_host as nova_test_host  # noqa: E402,E501
 import nova.conf  # noqa: E402
@@ -171,6 +172,11 @@ class _UsageDriverTest:
 
     def setUp(self):
         self.useFixture(UsageDriverInPlace())
+        # nova builds messages with + on its translated strings, which
+        # lazy translation refuses; ceilometer's prepare_service turns it
+        # on for the whole process, and its tests may run in this worker
+        # before these.
+        self.useFixture(i18n_fixture.ToggleLazy(False))
         # The usage state of the drivers nova's tests start goes to a
         # directory of the test's own.
         usage_conf.register_opts(CONF)
