@@ -141,7 +141,7 @@ STEPS = (('read_bounded', 'read the instance (service.read_bounded, in '
          ('wait_delivered', 'wait for the delivery thread to send it'),
          ('send_final', 'of which: the send (messagingv2, own transport)'),
          ('outbox_remove', 'of which: its removal from the outbox (one '
-                           'SQLite commit, fsynced)'))
+                           'SQLite commit, not fsynced)'))
 
 
 def _usage_driver(notifier):

@@ -278,11 +278,12 @@ def targets(results):
     hook = results.get('hook')
     if hook:
         ups = hook['broker_up']
-        rows.append(('hook p99 <= 20 ms, broker up', ', '.join(
+        # Issue #15's target (it was 20 ms before).
+        rows.append(('hook p99 <= 5 ms, broker up', ', '.join(
             '%.2f ms at %d instances' % (u['ours_pass']['p99'],
                                          u['host_instances'])
             for u in ups) + ' (delete.start passed on)', _status_list(
-                [u['ours_pass']['p99'] <= 20 for u in ups],
+                [u['ours_pass']['p99'] <= 5 for u in ups],
                 ['%d instances' % u['host_instances'] for u in ups])))
         downs = [hook[k] for k in ('broker_refused', 'broker_hanging')
                  if hook.get(k) and hook[k].get('p99') is not None]
