@@ -105,15 +105,6 @@ class UsageCounters:
     disks: dict = dataclasses.field(default_factory=dict)
     interfaces: dict = dataclasses.field(default_factory=dict)
 
-    def is_empty(self):
-        """Nothing used: every counter is 0 or absent."""
-        values = [self.cpu_time_ns, self.vcpu_time_ns]
-        for devices in (self.disks, self.interfaces):
-            for record in devices.values():
-                values.extend(getattr(record, f.name)
-                              for f in dataclasses.fields(record))
-        return not any(values)
-
 
 def utc(when):
     # nova's own times are naive UTC; the readers' are aware.

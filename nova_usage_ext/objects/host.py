@@ -50,8 +50,7 @@ class HostInstanceUsagePayload(base.UsageObject):
         # what ceilometer's power.state meter reports.
         'power_state': fields.StringField(),
         'hypervisor_state': fields.IntegerField(),
-        **{name: fields.NonNegativeIntegerField()
-           for name in virt_base.CPU_COUNTERS + MEMORY_FIELDS},
+        **usage.counter_fields(virt_base.CPU_COUNTERS + MEMORY_FIELDS),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
         'interfaces': fields.ListOfObjectsField('InterfaceUsagePayload'),
     }

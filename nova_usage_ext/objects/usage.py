@@ -32,9 +32,9 @@ def _set_present(obj, record, names):
             setattr(obj, name, value)
 
 
-def _counter_fields(names):
-    # The fields of counters, from the one list of names in the reader
-    # contract (virt/base.py).
+def counter_fields(names):
+    """Non-negative integer fields named ``names`` (from the reader
+    contract's lists in virt/base.py)."""
     return {name: fields.NonNegativeIntegerField() for name in names}
 
 
@@ -53,7 +53,7 @@ class DiskUsagePayload(base.UsageObject):
 
     fields = {
         'device': fields.StringField(),
-        **_counter_fields(COUNTERS),
+        **counter_fields(COUNTERS),
     }
 
     @classmethod
@@ -85,7 +85,7 @@ class AttachedVolumeUsagePayload(base.UsageObject):
     fields = {
         'volume_id': fields.StringField(),
         'device': fields.StringField(),
-        **_counter_fields(COUNTERS),
+        **counter_fields(COUNTERS),
     }
 
     @classmethod
@@ -111,7 +111,7 @@ class InterfaceUsagePayload(base.UsageObject):
     fields = {
         'name': fields.StringField(),
         'mac': fields.StringField(nullable=True),
-        **_counter_fields(COUNTERS),
+        **counter_fields(COUNTERS),
     }
 
     @classmethod
@@ -145,7 +145,7 @@ class PeriodUsagePayload(base.UsageObject):
 
     fields = {
         'period_beginning': fields.DateTimeField(nullable=True),
-        **_counter_fields(virt_base.CPU_COUNTERS),
+        **counter_fields(virt_base.CPU_COUNTERS),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
         'interfaces': fields.ListOfObjectsField('InterfaceUsagePayload'),
     }
@@ -210,7 +210,7 @@ class InstanceUsagePayload(base.UsageObject):
         'host': fields.StringField(nullable=True),
         'flavor_name': fields.StringField(nullable=True),
         'power_state': fields.StringField(),
-        **_counter_fields(virt_base.CPU_COUNTERS),
+        **counter_fields(virt_base.CPU_COUNTERS),
         'vcpus': fields.NonNegativeIntegerField(),
         'memory_mb': fields.NonNegativeIntegerField(),
         'disks': fields.ListOfObjectsField('DiskUsagePayload'),
