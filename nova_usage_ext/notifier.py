@@ -13,8 +13,10 @@ nova-compute (where the usage driver registered its service) it also:
 
 - adds the instance's usage under ``usage`` to every legacy
   ``compute.instance.exists``, and sends a versioned ``instance.usage``
-  right after every versioned ``instance.exists``; the first of them
-  closes the instance's period;
+  right after every versioned ``instance.exists`` (waiting for its
+  delivery within ``[usage_ext] final_exists_budget``, so that it comes
+  before nova's next notification); the first of them closes the
+  instance's period;
 - before ``compute.instance.delete.start`` or ``instance.delete.start``,
   reads the instance one last time and queues a final
   ``compute.instance.exists`` in the outbox, then waits for its delivery
@@ -233,6 +235,7 @@ class UsageNotifierDriver(notifier.Driver):
         uuid = _instance_uuid(msg.get('payload'))
         if not uuid:
             return
+        started = time.monotonic()
         ending = _versioned_ending(msg['payload'])
         source = exists.SOURCE_CACHE
         if (not service.audit_closed(uuid, ending) and
@@ -250,6 +253,14 @@ class UsageNotifierDriver(notifier.Driver):
             # The legacy exists closed this period: report the same usage.
             companion = build(usage_wire)[1]
             self._forward(ctxt, companion, priority, None)
+        elif seq is not None:
+            # Right after nova's exists, before nova's next notification
+            # (the shelve.start or delete.start that often follows).
+            left = self.budget - (time.monotonic() - started)
+            if not service.delivery.wait_delivered(seq, left):
+                LOG.warning('nova-usage-ext: the instance.usage of %s was '
+                            'not delivered within %.1fs; it waits in the '
+                            'outbox', uuid, self.budget)
 
     # -- the final exists -------------------------------------------------
 

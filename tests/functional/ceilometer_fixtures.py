@@ -35,6 +35,7 @@ import oslo_messaging
 from stevedore import extension
 
 from tests.functional import bus
+from tests.functional import fixtures as qemu_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -198,6 +199,10 @@ class ComputePollsters(fixtures.Fixture):
         self.conf = conf
 
     def _setUp(self):
+        # The inspector connects at once (to qemu:///system unless the
+        # test set another URI): on a fresh machine no other test may have
+        # started libvirtd yet.
+        self.useFixture(qemu_fixtures.LibvirtDaemon())
         self.inspector = libvirt_inspector.LibvirtInspector(self.conf)
         self.addCleanup(self.inspector.connection.close)
         # The pollsters share one inspector, created on first use and kept

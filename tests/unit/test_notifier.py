@@ -372,6 +372,58 @@ class TestExists(HookTestCase):
                          _impl_test.NOTIFICATIONS)
 
 
+def _versioned_exists(uuid):
+    period = {'nova_object.name': 'AuditPeriodPayload',
+              'nova_object.data': {
+                  'audit_period_beginning': '2026-01-01T00:00:00Z',
+                  'audit_period_ending': '2026-01-01T01:00:00Z'}}
+    return {'message_id': 'nova-v-%s' % uuid,
+            'event_type': 'instance.exists',
+            'publisher_id': 'nova-compute:compute-1', 'priority': 'INFO',
+            'payload': {'nova_object.name': 'InstanceExistsPayload',
+                        'nova_object.data': {'uuid': uuid,
+                                             'host': 'compute-1',
+                                             'audit_period': period}},
+            'timestamp': '2026-01-01 01:00:01'}
+
+
+class TestVersionedExists(HookTestCase):
+    """notification_format = versioned: the package's instance.usage
+    follows nova's instance.exists, before nova's next notification."""
+
+    def test_usage_is_delivered_before_the_hook_returns(self):
+        self.start()
+        real = self.sends.__call__
+
+        def slow(entry):
+            time.sleep(0.1)
+            real(entry)
+        self.service.delivery._send = slow
+        self.driver.notify({}, _versioned_exists(self.uuids[0]), 'INFO', -1)
+        # Had the hook not waited, the delivery thread would still be in
+        # its 0.1 s send and nova's next notification would go first.
+        (usage,) = self.sends.sent
+        self.assertEqual('instance.usage', usage['event_type'])
+        self.assertIn('period', usage['payload']['nova_object.data'])
+        self.assertEqual([_versioned_exists(self.uuids[0])],
+                         self.nova_sent())
+
+    def test_a_hanging_bus_holds_nova_s_exists_for_the_budget_only(self):
+        self.start()
+        self.sends.mode = 'hang'
+        self.addCleanup(self.sends.release.set)
+        began = time.monotonic()
+        self.driver.notify({}, _versioned_exists(self.uuids[0]), 'INFO', -1)
+        self.assertLess(time.monotonic() - began, BUDGET + 0.25)
+        self.assertEqual(1, len(self.nova_sent()))
+        self.assertIn('was not delivered within', self.log.output)
+        self.sends.mode = 'ok'
+        self.sends.release.set()
+        self.wait_for(lambda: len(self.sends.sent) == 1)
+        self.assertEqual('instance.usage',
+                         self.sends.sent[0]['event_type'])
+
+
 class TestMisconfigured(HookTestCase):
 
     def test_a_zero_budget_or_no_driver_never_drops_nova_s_notifications(
