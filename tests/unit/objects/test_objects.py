@@ -272,6 +272,18 @@ class TestFastWire(testtools.TestCase):
         usage.disks, usage.interfaces = [], []
         self.assertSameWire(usage)
 
+    def test_times_in_any_zone_and_precision(self):
+        utc = datetime.timezone.utc
+        plus_two = datetime.timezone(datetime.timedelta(hours=2))
+        for when in (datetime.datetime(2026, 1, 2, 3, 4, 5, 678901,
+                                       tzinfo=utc),
+                     datetime.datetime(2026, 12, 31, 23, 59, 59),
+                     datetime.datetime(2026, 6, 1, 12, 0, tzinfo=plus_two),
+                     datetime.datetime(999, 1, 1, tzinfo=utc)):
+            usage = sample_usage()
+            usage.read_at = when
+            self.assertSameWire(usage, period=self.period(period_start=when))
+
     def test_bad_source_is_refused(self):
         self.assertRaises(ValueError,
                           usage_objects.InstanceUsagePayload.wire_from_record,
