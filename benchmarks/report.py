@@ -301,10 +301,13 @@ def targets(results):
         b = payload['build']
         with_p = b['full_with_period_us']['median']
         no_p = b['full_no_period_us']['median']
-        rows.append(('<= 50 µs per instance to build and serialize',
-                     '%.0f µs with period, %.0f µs without' % (with_p,
-                                                               no_p),
-                     _status(with_p <= 50 and no_p <= 50)))
+        # Issue #15's target (it was 50 µs before), for the payload the
+        # hook sends: with its period.
+        rows.append(('<= 20 µs per instance to build and serialize the '
+                     'usage with its period',
+                     '%.1f µs with period (%.1f µs without)' % (with_p,
+                                                                no_p),
+                     _status(with_p <= 20)))
     lines = ['### Targets', '', '| target | measured | status |',
              '| --- | --- | --- |']
     lines += ['| %s | %s | %s |' % row for row in rows]
