@@ -15,6 +15,8 @@ The sizes stop where the host's memory would run short (the fixture keeps
 ``reserve_mib`` available); the results say where and why.
 """
 
+import time
+
 from benchmarks import common
 from benchmarks import floor
 from benchmarks import kvm_guests
@@ -37,6 +39,10 @@ def _measure(fixture, label, cycles, log):
     contenders = poll_cycle.Contenders(poll_cycle.URI, uuids, clocks)
     try:
         result = poll_cycle.alternate(contenders, cycles, log, 'kvm ' + label)
+        single = single_reads(contenders.readers[poll_cycle.OURS][0], uuids,
+                              clocks['libvirtd'])
+        log('kvm: %s: one instance read: p50 %.2f ms, p99 %.2f ms' % (
+            label, single['wall_ms']['p50'], single['wall_ms']['p99']))
     finally:
         with common.shielded():
             contenders.close()
@@ -44,8 +50,31 @@ def _measure(fixture, label, cycles, log):
     out.update(domain_type=fixture.domain_type, guests=len(guests),
                cycles=cycles, qemu_pids_found=len(qemu_pids),
                settle_s=waited, load_before=_load())
+    out['single_read'] = single
     out['floor'] = floor.run(poll_cycle.URI, uuids, qemu_pids, log)
     return out
+
+
+def single_reads(reader, uuids, libvirtd_clock, passes=2):
+    """The hook's read before a final exists: ``read_instance`` of one
+    guest (every counter but the guest's memory: one
+    ``domainListGetStats`` call), each guest in turn, ``passes`` times, on
+    the shipped reader after its cycles (its XML cache warm, as in
+    nova-compute)."""
+    walls, cpus = [], []
+    for _ in range(passes):
+        for uuid in uuids:
+            before = libvirtd_clock.read()
+            began = time.perf_counter()
+            reader.read_instance(uuid)
+            walls.append(time.perf_counter() - began)
+            cpus.append(libvirtd_clock.delta(before,
+                                             libvirtd_clock.read())[1])
+    wall = common.summary([w * 1e3 for w in walls])
+    wall['p50'] = wall['median']
+    wall['p99'] = common.percentile([w * 1e3 for w in walls], 99)
+    return {'wall_ms': wall,
+            'libvirtd_cpu_ms': common.summary([c * 1e3 for c in cpus])}
 
 
 def _fixture(count, domain_type, reserve_mib):

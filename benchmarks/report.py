@@ -509,6 +509,24 @@ def floor_table(kvm):
     return '\n'.join(lines)
 
 
+def single_read_table(kvm):
+    """The hook's read of one instance, by size; None for a run from
+    before it was measured."""
+    rows = [r for r in _kvm_rows(kvm) if r.get('single_read')]
+    if not rows:
+        return None
+    lines = ['### The hook\'s read: one instance (read_instance, every '
+             'counter but memory), each guest read twice', '',
+             '| guests | wall ms p50 / p99 / max | libvirtd CPU ms, median |'
+             ' reads |', '| --- | --- | --- | --- |']
+    for row in rows:
+        w = row['single_read']['wall_ms']
+        c = row['single_read']['libvirtd_cpu_ms']
+        lines.append('| %s | %.2f / %.2f / %.2f | %.2f | %d |' % (
+            _label(row), w['p50'], w['p99'], w['max'], c['median'], w['n']))
+    return '\n'.join(lines)
+
+
 def common_ratio(a, b):
     if a is None or not b:
         return None
@@ -566,6 +584,9 @@ def kvm_markdown(results):
                  results['duration_s'],
                  *results['load_average_1min']['kvm']),
              kvm_cycle_table(kvm), kvm_group_table(kvm), floor_table(kvm)]
+    single = single_read_table(kvm)
+    if single:
+        parts.append(single)
     text, rows = kvm_targets(kvm)
     parts.append(text)
     return '\n\n'.join(parts) + '\n', rows

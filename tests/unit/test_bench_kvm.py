@@ -118,6 +118,20 @@ class TestKvmTargets(testtools.TestCase):
         self.assertEqual('not measured as specified', rows[0][2])
 
 
+class TestSingleRead(testtools.TestCase):
+
+    def test_the_hook_s_read_by_size_when_measured(self):
+        kvm = _kvm(floor_s=15e-6)
+        self.assertIsNone(report.single_read_table(kvm))
+        kvm['sizes'][2]['single_read'] = {
+            'wall_ms': {'p50': 4.25, 'p99': 9.5, 'max': 12.0, 'n': 200},
+            'libvirtd_cpu_ms': {'median': 1.5}}
+        table = report.single_read_table(kvm)
+        self.assertIn('| KVM 100 | 4.25 / 9.50 / 12.00 | 1.50 | 200 |',
+                      table)
+        self.assertNotIn('KVM 20 ', table)
+
+
 class TestPicture(testtools.TestCase):
 
     def test_a_png_of_both_panels_is_written(self):
