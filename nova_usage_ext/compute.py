@@ -32,6 +32,16 @@ CONF = nova_conf.CONF
 # set of running domains may differ (nova passes no define/undefine).
 RELIST_TRANSITIONS = frozenset((virtevent.EVENT_LIFECYCLE_STARTED,
                                 virtevent.EVENT_LIFECYCLE_STOPPED))
+# The events after which the guest's counters stop on this host while its
+# domain is still here: libvirt pauses the guest on the source for a live
+# migration's switch-over (nova passes PAUSED, or MIGRATION_COMPLETED when
+# the job was already done), or post-copy moves its vCPUs to the
+# destination. Nothing else is sent on the source before the domain is
+# gone: a read now holds the usage up to the switch-over, which the final
+# at live_migration._post.start then reports.
+READ_TRANSITIONS = frozenset((virtevent.EVENT_LIFECYCLE_PAUSED,
+                              virtevent.EVENT_LIFECYCLE_MIGRATION_COMPLETED,
+                              virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED))
 
 
 def _nova_audit_period_start(now):
@@ -86,9 +96,17 @@ class LibvirtUsageDriver(libvirt_usage.LibvirtUsageMixin,
         # nova's Host already gets every lifecycle event of its connection
         # and hands it here: the reader's domain list follows them instead
         # of registering a callback of its own on nova's connection.
-        if getattr(event, 'transition', None) in RELIST_TRANSITIONS:
+        transition = getattr(event, 'transition', None)
+        if transition in RELIST_TRANSITIONS:
             reader = getattr(self, '_usage_reader', None)
             if reader is not None:
                 usage_driver.never_raises('emit_event', None,
                                           reader.domains_changed)
+        svc = self._usage_service
+        uuid = getattr(event, 'uuid', None)
+        if transition in READ_TRANSITIONS and svc is not None and uuid:
+            # Queued for the service's read workers: nova's event thread
+            # never waits for libvirt here.
+            usage_driver.never_raises('emit_event', None, svc.read_soon,
+                                      uuid)
         super().emit_event(event)

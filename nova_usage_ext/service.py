@@ -125,6 +125,9 @@ class _Reads:
     """
 
     WORKERS = 2
+    # Reads asked for without waiting (``read_soon``) beyond this many
+    # waiting are dropped: a storm of events never builds a backlog.
+    MAX_SOON = 64
 
     def __init__(self, read):
         self._read = read
@@ -141,6 +144,28 @@ class _Reads:
             self._threads = []
             self._cond.notify_all()
 
+    def _submit(self, job):
+        # Under self._cond.
+        if len(self._threads) < self.WORKERS:
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name='nova-usage-ext-read')
+            self._threads.append(thread)
+            thread.start()
+        self._queue.append(job)
+        self._cond.notify()
+
+    def read_soon(self, uuid):
+        """Read ``uuid`` on a worker, without waiting; False when not
+        queued (already waiting, or too many waiting)."""
+        with self._cond:
+            soon = [j for j in self._queue if j.get('soon')]
+            if (len(soon) >= self.MAX_SOON or
+                    any(j['uuid'] == uuid for j in soon)):
+                return False
+            self._submit({'uuid': uuid, 'done': threading.Event(),
+                          'soon': True})
+        return True
+
     def read(self, uuid, timeout):
         """The reading, or None when it did not come within ``timeout``.
 
@@ -148,13 +173,7 @@ class _Reads:
         """
         job = {'uuid': uuid, 'done': threading.Event()}
         with self._cond:
-            if len(self._threads) < self.WORKERS:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name='nova-usage-ext-read')
-                self._threads.append(thread)
-                thread.start()
-            self._queue.append(job)
-            self._cond.notify()
+            self._submit(job)
         if not job['done'].wait(timeout):
             with self._cond:
                 if job in self._queue:
@@ -176,6 +195,10 @@ class _Reads:
                 job['usage'] = self._read(job['uuid'])
             except Exception as exc:
                 job['error'] = exc
+                if job.get('soon'):
+                    # Nobody waits for it: say it here.
+                    LOG.debug('nova-usage-ext: reading instance %s after '
+                              'an event failed: %s', job['uuid'], exc)
             job['done'].set()
 
 
@@ -459,6 +482,13 @@ class UsageService:
             LOG.warning('nova-usage-ext: reading instance %s took more than '
                         '%.1fs; its last reading stands', uuid, timeout)
         return usage
+
+    def read_soon(self, uuid):
+        """Read ``uuid`` on the hook's read workers, without waiting: the
+        reading is counted and stands as the instance's last. For the
+        moments nova learns of from libvirt's events, when the counters
+        stop (a guest paused for a live migration's switch-over)."""
+        return self._reads.read_soon(uuid)
 
     def period_usage(self, uuid):
         return self.ledger.period_usage(uuid)

@@ -39,6 +39,7 @@ from nova import context as nova_context
 from nova import exception as nova_exception
 from nova import objects
 from nova.objects import fields
+from nova.virt import event as virtevent
 
 from nova_usage_ext import service as usage_service
 from nova_usage_ext.virt import base
@@ -601,22 +602,61 @@ class TestLeavingTheHost(LifecycleTestCase):
         self.assertNotIn(self.guest.uuid, self.service.ledger)
         self.assertEqual(exists, self.exists_sent())
 
-    def test_live_migration_on_the_source(self):
-        self.use_guest()
-        self.service.poll()
-        last_poll = self.readings[-1]
-        # nova 34 sends nothing on the source before driver.live_migration;
-        # the guest runs here until the switch-over, when libvirt ends its
-        # QEMU on this host; nova then sends live_migration._post.start.
-        # What the guest used after the last poll cannot be read here any
-        # more: the final carries the last reading.
-        self.use_guest()
-        at_end = self.raw_now()
+    def migrate_away(self):
         self.domain_leaves()
         self.nova_notifies('live_migration._post.start',
                            ACTION.LIVE_MIGRATION_POST, START)
         self.nova_notifies('live_migration._post.end',
                            ACTION.LIVE_MIGRATION_POST, END)
+
+    def test_live_migration_on_the_source(self):
+        self.use_guest()
+        self.service.poll()
+        # nova 34 sends nothing on the source before driver.live_migration.
+        # The guest runs here until the switch-over, where libvirt pauses
+        # it (nova's Host hands the driver a PAUSED lifecycle event), then
+        # ends its QEMU on this host; nova then sends
+        # live_migration._post.start, by when nothing can be read here.
+        self.use_guest()
+        before_pause = len(self.readings)
+        self.dom.suspend()
+        at_pause = self.raw_now()
+        self.driver.emit_event(virtevent.LifecycleEvent(
+            self.guest.uuid, virtevent.EVENT_LIFECYCLE_PAUSED))
+        deadline = time.monotonic() + 10
+        while len(self.readings) == before_pause:
+            self.assertLess(time.monotonic(), deadline,
+                            'no read after the pause')
+            time.sleep(0.01)
+        self.migrate_away()
+
+        exists = self.exists_sent()
+        final = self.assert_one_final(exists, 'migrated')
+        usage = final['payload']['usage']['nova_object.data']
+        self.assertEqual('cache', usage['source'])
+        self.assert_billed_equals_growth(exists, one_process=True)
+        # Everything up to the switch-over is reported: the paused guest's
+        # counters as they stood, read after the pause.
+        self.assertGreaterEqual(usage['cpu_time_ns'], at_pause['cpu'])
+        (iface,) = usage['interfaces']
+        self.assertEqual(
+            dict(zip(base.INTERFACE_COUNTERS, at_pause['net'])),
+            {name: iface['nova_object.data'][name]
+             for name in base.INTERFACE_COUNTERS})
+        (disk,) = usage['disks']
+        self.assertEqual(at_pause['disk'][1],
+                         disk['nova_object.data']['read_bytes'])
+
+    def test_live_migration_without_a_pause_event(self):
+        # The domain gone before the event's read (or no event at all):
+        # the final carries the last poll; what the guest used after it
+        # was never read here.
+        self.use_guest()
+        self.service.poll()
+        last_poll = self.readings[-1]
+        self.use_guest()
+        at_end = self.raw_now()
+        self.migrate_away()
 
         exists = self.exists_sent()
         final = self.assert_one_final(exists, 'migrated')
@@ -624,7 +664,6 @@ class TestLeavingTheHost(LifecycleTestCase):
         self.assertEqual('cache', usage['source'])
         self.assertIs(last_poll, self.readings[-1])
         self.assert_billed_equals_growth(exists, one_process=True)
-        # The part that could not be read: used, never reported.
         self.assertLess(usage['cpu_time_ns'], at_end['cpu'])
 
 

@@ -49,3 +49,65 @@ class TestStoppedServiceThreads(testtools.TestCase):
                time.monotonic() < deadline):
             time.sleep(0.01)
         self.assertEqual([], [t.name for t in started if t.is_alive()])
+
+
+class TestReadSoon(testtools.TestCase):
+    """Reads asked for by nova's lifecycle events: never waited for,
+    counted when done, and never a backlog."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.FakeLogger())
+        self.node = self.useFixture(libvirt_node.TestNode([
+            libvirt_node.nova_test_domain(i) for i in range(3)]))
+        self.reader = libvirt_usage.LibvirtUsageReader(
+            libvirt_calls.StaticConnection(self.node.conn))
+        self.service = usage_service.UsageService(
+            self.reader, ledger.Ledger(state.Store(None)), 'compute-1', {})
+        self.service.start()
+        self.addCleanup(self.service.stop)
+        self.uuids = [d.UUIDString() for d in self.node.conn.listAllDomains()]
+
+    def test_the_reading_is_counted_and_stands(self):
+        uuid = self.uuids[0]
+        before = self.service.latest(uuid).read_at
+        self.assertTrue(self.service.read_soon(uuid))
+        deadline = time.monotonic() + 5
+        while self.service.latest(uuid).read_at == before:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        self.assertEqual(self.service.latest(uuid).read_at,
+                         self.service.ledger.totals(uuid).read_at)
+
+    def test_a_hanging_hypervisor_builds_no_backlog(self):
+        release = threading.Event()
+        self.addCleanup(release.set)
+        hanging = threading.Semaphore(0)
+        real = self.reader.read_instance
+
+        def hang(uuid, *args):
+            hanging.release()
+            release.wait(10)
+            return real(uuid, *args)
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_instance', side_effect=hang))
+        self.useFixture(fixtures.MockPatchObject(
+            usage_service._Reads, 'MAX_SOON', 2))
+        began = time.monotonic()
+        # Both workers take one and hang.
+        self.assertTrue(self.service.read_soon(self.uuids[0]))
+        self.assertTrue(self.service.read_soon(self.uuids[1]))
+        for _ in range(2):
+            self.assertTrue(hanging.acquire(timeout=5))
+        # The next waits, once per instance, two at most.
+        self.assertTrue(self.service.read_soon(self.uuids[2]))
+        self.assertFalse(self.service.read_soon(self.uuids[2]))
+        self.assertTrue(self.service.read_soon(self.uuids[0]))
+        self.assertFalse(self.service.read_soon(self.uuids[1]))
+        self.assertLess(time.monotonic() - began, 1)
+        # The hook's own reads still queue (and time out on their own).
+        self.assertIsNone(self.service.read_bounded(self.uuids[1], 0.05))
+        release.set()
+        # Everything queued is read in the end.
+        for _ in range(2):
+            self.assertTrue(hanging.acquire(timeout=5))
