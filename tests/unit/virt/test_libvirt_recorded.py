@@ -464,6 +464,46 @@ class TestMissingVcpuEntries(RecordedTestCase):
         self.assertFalse(usages['vcpu-hotplugged'].vcpu_time_fallback)
 
 
+class TestZeroVcpuTime(RecordedTestCase):
+    """DERIVED in the test: all-kinds with the running guest's vCPU 0 time
+    set to 0 in one reply, as libvirt 9.0 now and then answers for a vCPU
+    that has run (seen on this project's functional guests)."""
+
+    recording_name = 'all-kinds'
+
+    def set_vcpu_times(self, change):
+        stats = self.stats('running')
+        for index in range(stats['vcpu.maximum']):
+            key = 'vcpu.%d.time' % index
+            if key in stats:
+                stats[key] = change(stats[key])
+
+    def test_a_zero_between_two_readings_is_never_billed_twice(self):
+        from nova_usage_ext import ledger
+        from nova_usage_ext import state
+        book = ledger.Ledger(state.Store(None))
+        uuid = self.entry('running')['uuid']
+        second = 10 ** 9
+        original = dict(self.stats('running'))
+
+        _reading, usages = self.read()
+        book.update_one(usages['running'])
+        self.assertFalse(usages['running'].vcpu_time_fallback)
+        # The glitch: vCPU 0 reads 0.
+        self.stats('running')['vcpu.0.time'] = 0
+        _reading, usages = self.read()
+        self.assertTrue(usages['running'].vcpu_time_fallback)
+        self.assertEqual(original['cpu.time'], usages['running'].vcpu_time_ns)
+        book.update_one(usages['running'])
+        # Then each vCPU ran one more second.
+        self.stats('running').update(original)
+        self.set_vcpu_times(lambda t: t + second)
+        _reading, usages = self.read()
+        book.update_one(usages['running'])
+        vcpus = original['vcpu.current']
+        self.assertEqual(vcpus * second, book.totals(uuid).vcpu_time_ns)
+
+
 class TestReadInstance(RecordedTestCase):
     """One instance through domainListGetStats, the same parsing."""
 
