@@ -126,9 +126,14 @@ class TestGnocchi(testtools.TestCase):
             'instance_id': guest.uuid, 'tenant_id': guest.project_id,
             'user_id': guest.user_id, 'display_name': guest.display_name,
             'host': HOST, 'state': 'active', 'vcpus': 1, 'memory_mb': 64})
-        messages = listener.wait_for(hosts.sent + 2, timeout=30)
-        final = [m for m in messages
-                 if m['event_type'] == exists.EVENT_TYPE][0]
+        # (The service reads every nova guest on the shared daemon: other
+        # test processes' guests that leave get finals of their own.)
+
+        def ours():
+            return [m for m in listener.messages
+                    if m['event_type'] == exists.EVENT_TYPE and
+                    m['payload']['instance_id'] == guest.uuid]
+        (final,) = self.wait_for(ours, timeout=30)
         final_cpu = final['payload']['usage']['nova_object.data'][
             'vcpu_time_ns']
         final_at = final['payload']['usage']['nova_object.data']['read_at']

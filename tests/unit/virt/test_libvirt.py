@@ -256,13 +256,25 @@ class TestVcpuTime(testtools.TestCase):
             'vcpu.0.time': 10, 'vcpu.0.wait': 1,
             'vcpu.2.time': 20, 'vcpu.2.wait': 2}))
 
-    def test_a_vcpu_time_of_zero_is_a_hole(self):
-        # What libvirt 9.0 gave for a running vCPU that had run 10 ms, in
-        # 2 of 45,752 reads while other clients read the same guests.
-        self.assertIsNone(libvirt_usage.vcpu_time({
-            'vcpu.current': 1, 'vcpu.maximum': 1, 'vcpu.0.state': 1,
-            'vcpu.0.time': 0, 'vcpu.0.wait': 0, 'vcpu.0.delay': 10149739,
-            'cpu.time': 274484000}))
+    def test_zero_for_a_vcpu_that_ran_in_this_process_is_unread(self):
+        def reply(time0):
+            # What libvirt 9.0 gave for a running vCPU that had run 10 ms,
+            # in 2 of 45,752 reads while other clients read the same
+            # guests (time0 0).
+            return {'vcpu.current': 1, 'vcpu.maximum': 1, 'vcpu.0.state': 1,
+                    'vcpu.0.time': time0, 'vcpu.0.wait': 0,
+                    'vcpu.0.delay': 10149739, 'cpu.time': 274484000}
+        ran = set()
+        # A new process: 0 until its first tick, a value.
+        self.assertEqual(0, libvirt_usage.vcpu_time(reply(0), ran))
+        self.assertEqual(10000000, libvirt_usage.vcpu_time(reply(10000000),
+                                                           ran))
+        self.assertEqual(libvirt_usage.VCPU_UNREAD,
+                         libvirt_usage.vcpu_time(reply(0), ran))
+        self.assertEqual(10000000, libvirt_usage.vcpu_time(reply(10000000),
+                                                           ran))
+        # Without the history (a reader's first reply): a value.
+        self.assertEqual(0, libvirt_usage.vcpu_time(reply(0)))
 
     def test_incomplete_is_absent(self):
         self.assertIsNone(libvirt_usage.vcpu_time({
