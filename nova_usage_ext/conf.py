@@ -90,10 +90,14 @@ usage_opts = [
                  default=DEFAULT_BUDGET,
                  help='Seconds that reading a deleted instance one last '
                       'time and sending its final compute.instance.exists '
-                      'may hold instance.delete.start back. Past it, '
+                      'may hold instance.delete.start back (and, with '
+                      'versioned notifications, that sending the '
+                      'instance.usage after an instance.exists may hold '
+                      'nova\'s next notification back). Past it, '
                       'delete.start passes on and the final exists is '
-                      'logged as late or lost. Values outside %s to %s are '
-                      'read as the nearest bound.' % BUDGET_RANGE),
+                      'logged as late; it stays in the outbox. Values '
+                      'outside %s to %s are read as the nearest bound.'
+                      % BUDGET_RANGE),
     cfg.IntOpt('libvirt_stats_workers',
                default=DEFAULT_STATS_WORKERS,
                help='How many libvirt stats calls one poll cycle may run at '

@@ -253,9 +253,11 @@ class UsageNotifierDriver(notifier.Driver):
             # The legacy exists closed this period: report the same usage.
             companion = build(usage_wire)[1]
             self._forward(ctxt, companion, priority, None)
-        elif seq is not None:
+        elif seq is not None and service.ledger.store.outbox_size() <= 1:
             # Right after nova's exists, before nova's next notification
-            # (the shelve.start or delete.start that often follows).
+            # (the shelve.start or delete.start that often follows). Not
+            # behind a backlog: nova's audit sends one exists per
+            # instance, and would wait the budget for each.
             left = self.budget - (time.monotonic() - started)
             if not service.delivery.wait_delivered(seq, left):
                 LOG.warning('nova-usage-ext: the instance.usage of %s was '

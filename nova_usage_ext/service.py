@@ -116,6 +116,15 @@ def merge(previous, new, kinds):
     return merged
 
 
+def _newer(previous, new, kinds):
+    """``merge``, unless ``previous`` was read after ``new`` (two reads of
+    one instance on two threads end in either order: the ledger counts
+    the newer, the last reading must be the same)."""
+    if previous is not None and previous.read_at > new.read_at:
+        return previous
+    return merge(previous, new, kinds)
+
+
 class _Reads:
     """Reads of one instance for the hook, bounded in time.
 
@@ -145,19 +154,27 @@ class _Reads:
             self._cond.notify_all()
 
     def _submit(self, job):
-        # Under self._cond.
+        # Under self._cond. The hook's reads, which nova waits for, go
+        # before the reads nobody waits for.
         if len(self._threads) < self.WORKERS:
             thread = threading.Thread(target=self._work, daemon=True,
                                       name='nova-usage-ext-read')
             self._threads.append(thread)
             thread.start()
-        self._queue.append(job)
+        if job.get('soon'):
+            self._queue.append(job)
+        else:
+            first_soon = next((i for i, j in enumerate(self._queue)
+                               if j.get('soon')), len(self._queue))
+            self._queue.insert(first_soon, job)
         self._cond.notify()
 
     def read_soon(self, uuid):
         """Read ``uuid`` on a worker, without waiting; False when not
-        queued (already waiting, or too many waiting)."""
+        queued (stopped, already waiting, or too many waiting)."""
         with self._cond:
+            if self._stopped:
+                return False
             soon = [j for j in self._queue if j.get('soon')]
             if (len(soon) >= self.MAX_SOON or
                     any(j['uuid'] == uuid for j in soon)):
@@ -416,7 +433,10 @@ class UsageService:
         usages = reading.usages
         with self._latest_lock:
             previous = self._latest
-            self._latest = {u.uuid: merge(previous.get(u.uuid), u, kinds)
+            # Per reading, the kinds it holds: one left out of a reply
+            # (a busy disk, CPU not read) keeps the last reading's.
+            self._latest = {u.uuid: _newer(previous.get(u.uuid), u,
+                                           set(kinds) & u.kinds)
                             for u in usages}
         left = self.ledger.update(base.HostReading(
             [only_kinds(u, kinds) for u in usages], reading.complete))
@@ -456,8 +476,8 @@ class UsageService:
         """
         usage = self.reader.read_instance(uuid)
         with self._latest_lock:
-            self._latest[uuid] = merge(self._latest.get(uuid), usage,
-                                       usage.kinds)
+            self._latest[uuid] = _newer(self._latest.get(uuid), usage,
+                                        usage.kinds)
         self.ledger.update_one(usage)
         return usage
 

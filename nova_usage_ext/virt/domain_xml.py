@@ -41,6 +41,9 @@ class NovaDomain:
     interfaces: list[tuple[str | None, str | None]]
     # The image of <root type='image'>, None when booted from a volume.
     image_ref: str | None = None
+    # Every disk's target dev, cdroms and floppies included (a config
+    # drive): the names libvirt's stats list.
+    disk_targets: frozenset = frozenset()
 
 
 def _int_or_none(text):
@@ -123,14 +126,16 @@ def parse(xml_text):
 
     disks = []
     interfaces = []
+    targets = set()
     devices = root.find('devices')
     if devices is not None:
         for disk in devices.findall('disk'):
-            if disk.get('device', 'disk') not in ('disk', 'lun'):
-                continue  # cdrom and floppy carry no billable I/O
             target = disk.find('target')
             if target is None or not target.get('dev'):
                 continue
+            targets.add(target.get('dev'))
+            if disk.get('device', 'disk') not in ('disk', 'lun'):
+                continue  # cdrom and floppy carry no billable I/O
             disks.append((target.get('dev'), disk.findtext('serial')))
         for iface in devices.findall('interface'):
             target = iface.find('target')
@@ -152,4 +157,5 @@ def parse(xml_text):
         disks=disks,
         interfaces=interfaces,
         image_ref=image.get('uuid') if image is not None else None,
+        disk_targets=frozenset(targets),
     )

@@ -619,8 +619,10 @@ class TestLeavingTheHost(LifecycleTestCase):
         # live_migration._post.start, by when nothing can be read here.
         self.use_guest()
         before_pause = len(self.readings)
-        self.dom.suspend()
+        # (nova's own Host may pass the real event too, when another test
+        # in this process started libvirt's event loop.)
         at_pause = self.raw_now()
+        self.dom.suspend()
         self.driver.emit_event(virtevent.LifecycleEvent(
             self.guest.uuid, virtevent.EVENT_LIFECYCLE_PAUSED))
         deadline = time.monotonic() + 10
@@ -635,22 +637,31 @@ class TestLeavingTheHost(LifecycleTestCase):
         usage = final['payload']['usage']['nova_object.data']
         self.assertEqual('cache', usage['source'])
         self.assert_billed_equals_growth(exists, one_process=True)
-        # Everything up to the switch-over is reported: the paused guest's
-        # counters as they stood, read after the pause (each kind that
-        # reading held: libvirt may leave a kind's counters out of one
-        # reply, and the last reading of that kind then stands).
+        # Everything up to the switch-over is reported: the counters the
+        # guest had just before the pause (above the last poll's: the
+        # tail), or more, read after it. Of each kind that reading held:
+        # libvirt may leave a kind's counters out of one reply, and the
+        # last reading of that kind then stands.
+        last_poll = self.readings[before_pause - 1]
+        (polled_iface,) = last_poll.interfaces
+        self.assertGreater(at_pause['net'][3], polled_iface.rx_drops)
+        self.assertGreater(at_pause['cpu'], last_poll.cpu_time_ns)
         at_event = self.readings[before_pause]
-        self.assertGreaterEqual(usage['cpu_time_ns'], at_pause['cpu'])
+        self.assertTrue(at_event.kinds)
+        if base.CPU in at_event.kinds:
+            self.assertGreaterEqual(usage['cpu_time_ns'], at_pause['cpu'])
         if base.INTERFACES in at_event.kinds:
             (iface,) = usage['interfaces']
-            self.assertEqual(
-                dict(zip(base.INTERFACE_COUNTERS, at_pause['net'])),
-                {name: iface['nova_object.data'][name]
-                 for name in base.INTERFACE_COUNTERS})
+            data = iface['nova_object.data']
+            # (libvirt may name the tap and leave its counters out.)
+            for name, value in zip(base.INTERFACE_COUNTERS,
+                                   at_pause['net']):
+                if name in data:
+                    self.assertGreaterEqual(data[name], value, name)
         if base.DISKS in at_event.kinds:
             (disk,) = usage['disks']
-            self.assertEqual(at_pause['disk'][1],
-                             disk['nova_object.data']['read_bytes'])
+            self.assertGreaterEqual(disk['nova_object.data']['read_bytes'],
+                                    at_pause['disk'][1])
 
     def test_live_migration_without_a_pause_event(self):
         # The domain gone before the event's read (or no event at all):

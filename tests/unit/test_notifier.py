@@ -408,6 +408,38 @@ class TestVersionedExists(HookTestCase):
         self.assertEqual([_versioned_exists(self.uuids[0])],
                          self.nova_sent())
 
+    def test_behind_a_backlog_nova_s_exists_is_not_held(self):
+        # nova-compute restarted with messages left in the outbox, which
+        # its delivery thread sends (slowly) from the start: nova's usage
+        # audit sends one exists per instance, and behind the backlog each
+        # would wait up to the budget.
+        self.start()
+        self.sends.mode = 'refuse'
+        for uuid in self.uuids[1:]:
+            self.driver.notify({}, _delete_start(uuid), 'INFO', -1)
+        self.service.stop()
+        usage_service.unregister(self.service)
+        real = Sends.__call__
+
+        def slow(sends, entry):
+            time.sleep(0.2)
+            real(sends, entry)
+        self.useFixture(fixtures.MockPatchObject(Sends, '__call__', slow))
+        self.sends.mode = 'ok'
+        again = usage_service.UsageService(
+            self.service.reader,
+            ledger.Ledger(state.Store(self.service.ledger.store.state_dir)),
+            'compute-1', {}, send=self.sends)
+        usage_service.register(again)
+        self.addCleanup(usage_service.unregister, again)
+        again.start()
+        self.addCleanup(again.stop)
+        began = time.monotonic()
+        self.driver.notify({}, _versioned_exists(self.uuids[0]), 'INFO', -1)
+        self.assertLess(time.monotonic() - began, 0.15)
+        self.wait_for(lambda: len(self.sends.sent) == len(self.uuids))
+        self.assertEqual('instance.usage', self.sends.sent[-1]['event_type'])
+
     def test_a_hanging_bus_holds_nova_s_exists_for_the_budget_only(self):
         self.start()
         self.sends.mode = 'hang'

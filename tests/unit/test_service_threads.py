@@ -111,3 +111,58 @@ class TestReadSoon(testtools.TestCase):
         # Everything queued is read in the end.
         for _ in range(2):
             self.assertTrue(hanging.acquire(timeout=5))
+
+    def test_the_hook_s_reads_go_before_the_event_reads(self):
+        self.useFixture(fixtures.MockPatchObject(
+            usage_service._Reads, 'WORKERS', 1))
+        release = threading.Event()
+        self.addCleanup(release.set)
+        order = []
+        real = self.reader.read_instance
+
+        def hang(uuid, *args):
+            order.append(uuid)
+            release.wait(10)
+            return real(uuid, *args)
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_instance', side_effect=hang))
+        service = usage_service.UsageService(
+            self.reader, ledger.Ledger(state.Store(None)), 'compute-1', {})
+        self.addCleanup(service.stop)
+        self.assertTrue(service.read_soon(self.uuids[0]))
+        deadline = time.monotonic() + 5
+        while not order:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        # An event read waits; then a delete's read comes.
+        self.assertTrue(service.read_soon(self.uuids[1]))
+        hook = threading.Thread(target=service.read_bounded,
+                                args=(self.uuids[2], 5))
+        hook.start()
+        time.sleep(0.05)
+        release.set()
+        hook.join()
+        deadline = time.monotonic() + 5
+        while len(order) < 3:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        self.assertEqual(self.uuids[:1] + [self.uuids[2], self.uuids[1]],
+                         order)
+
+    def test_a_stopped_service_reads_nothing_more(self):
+        self.service.stop()
+        self.assertFalse(self.service.read_soon(self.uuids[0]))
+
+    def test_an_older_reading_ending_last_never_replaces_a_newer(self):
+        # Two reads of one instance on two threads (an event's and a
+        # delete's) end in either order.
+        uuid = self.uuids[0]
+        older = self.reader.read_instance(uuid)
+        newer = self.service.read_now(uuid)
+        self.assertLess(older.read_at, newer.read_at)
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_instance', return_value=older))
+        self.service.read_now(uuid)
+        self.assertEqual(newer.read_at, self.service.latest(uuid).read_at)
+        self.assertEqual(newer.read_at,
+                         self.service.ledger.totals(uuid).read_at)

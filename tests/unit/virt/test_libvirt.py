@@ -269,8 +269,8 @@ class TestVcpuTime(testtools.TestCase):
         self.assertEqual(0, libvirt_usage.vcpu_time(reply(0), ran))
         self.assertEqual(10000000, libvirt_usage.vcpu_time(reply(10000000),
                                                            ran))
-        self.assertEqual(libvirt_usage.VCPU_UNREAD,
-                         libvirt_usage.vcpu_time(reply(0), ran))
+        self.assertIs(libvirt_usage.VCPU_UNREAD,
+                      libvirt_usage.vcpu_time(reply(0), ran))
         self.assertEqual(10000000, libvirt_usage.vcpu_time(reply(10000000),
                                                            ran))
         # Without the history (a reader's first reply): a value.

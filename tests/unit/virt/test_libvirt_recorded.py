@@ -467,22 +467,34 @@ class TestMissingVcpuEntries(RecordedTestCase):
 class TestInterfaceWithoutCounters(RecordedTestCase):
     """DERIVED in the test: all-kinds with the running guest's first
     interface named and its counters left out, as libvirt 9.0 answers when
-    it could not read them (seen once in CI, on a paused guest)."""
+    it could not read them (seen once in CI, on a paused guest), and an
+    interface without a host-side device (SR-IOV: neither name nor
+    counters)."""
 
     recording_name = 'all-kinds'
 
-    def test_the_interfaces_are_not_read_this_time(self):
+    def test_named_without_counters_is_kept_without_them(self):
         stats = self.stats('running')
         for key in [k for k in stats if k.startswith('net.0.') and
                     k != 'net.0.name']:
             del stats[key]
         _reading, usages = self.read()
         usage = usages['running']
-        self.assertEqual({base.CPU, base.DISKS}, usage.kinds)
-        (second,) = usage.interfaces
+        self.assertEqual(frozenset(base.ALL_KINDS), usage.kinds)
+        first, second = usage.interfaces
+        self.assertEqual(stats['net.0.name'], first.name)
+        for name in base.INTERFACE_COUNTERS:
+            self.assertIsNone(getattr(first, name))
         self.assertInterfaceCounters(second, stats, 1)
-        self.assertEqual(frozenset(base.ALL_KINDS),
-                         usages['paused'].kinds)
+
+    def test_without_a_host_side_device_is_left_out(self):
+        stats = self.stats('running')
+        stats['net.count'] += 1
+        _reading, usages = self.read()
+        usage = usages['running']
+        self.assertEqual(frozenset(base.ALL_KINDS), usage.kinds)
+        self.assertEqual([stats['net.0.name'], stats['net.1.name']],
+                         [i.name for i in usage.interfaces])
 
 
 class TestZeroVcpuTime(RecordedTestCase):
@@ -510,16 +522,16 @@ class TestZeroVcpuTime(RecordedTestCase):
         _reading, usages = self.read()
         book.update_one(usages['running'])
         self.assertFalse(usages['running'].vcpu_time_fallback)
-        # The glitch: vCPU 0 reads 0. The reading has no vCPU time (not
-        # the process's CPU time standing in: a jump in ceilometer's
-        # cumulative cpu meter), and its other counters.
+        # The glitch: vCPU 0 reads 0. The reading holds no CPU time (not
+        # the process's standing in: a jump in ceilometer's cumulative cpu
+        # meter), and its other counters.
         self.stats('running')['vcpu.0.time'] = 0
         _reading, usages = self.read()
         glitch = usages['running']
         self.assertIsNone(glitch.vcpu_time_ns)
+        self.assertIsNone(glitch.cpu_time_ns)
         self.assertFalse(glitch.vcpu_time_fallback)
-        self.assertEqual(original['cpu.time'], glitch.cpu_time_ns)
-        self.assertEqual(frozenset(base.ALL_KINDS), glitch.kinds)
+        self.assertEqual({base.DISKS, base.INTERFACES}, glitch.kinds)
         book.update_one(glitch)
         # Then each vCPU ran one more second.
         self.stats('running').update(original)
@@ -528,6 +540,58 @@ class TestZeroVcpuTime(RecordedTestCase):
         book.update_one(usages['running'])
         vcpus = original['vcpu.current']
         self.assertEqual(vcpus * second, book.totals(uuid).vcpu_time_ns)
+
+
+class TestOneParsePerProcess(RecordedTestCase):
+    """DERIVED in the test: the running guest of all-kinds with a config
+    drive (a cdrom, which libvirt's block stats list), then a volume
+    attached."""
+
+    recording_name = 'all-kinds'
+
+    def setUp(self):
+        super().setUp()
+        entry = self.entry('running')
+        entry['xml'] = entry['xml'].replace('</devices>', (
+            "<disk type='file' device='cdrom'><source file='/d/disk.config'/>"
+            "<target dev='hdd' bus='ide'/><readonly/></disk></devices>"), 1)
+        stats = self.stats('running')
+        n = stats['block.count']
+        stats.update({'block.count': n + 1, 'block.%d.name' % n: 'hdd',
+                      'block.%d.rd.reqs' % n: 3, 'block.%d.rd.bytes' % n: 9,
+                      'block.%d.wr.reqs' % n: 0, 'block.%d.wr.bytes' % n: 0})
+        self.parses = []
+        real = RecordedDomain.XMLDesc
+
+        def xml(dom, flags=0):
+            self.parses.append(dom.entry['role'])
+            return real(dom, flags)
+        self.useFixture(fixtures.MockPatchObject(RecordedDomain, 'XMLDesc',
+                                                 xml))
+
+    def test_a_config_drive_costs_no_parse_and_the_vcpu_history_stays(self):
+        for _ in range(3):
+            _reading, usages = self.read()
+        # One parse of each domain: the cdrom is a known device.
+        self.assertEqual(1, self.parses.count('running'))
+        self.assertEqual(['vda', 'vdb'],
+                         [d.device for d in usages['running'].disks])
+        # A volume attached: the XML is parsed again, the process's vCPU
+        # history stays with it.
+        entry = self.entry('running')
+        entry['xml'] = entry['xml'].replace('</devices>', (
+            "<disk type='block' device='disk'><source dev='/dev/sdz'/>"
+            "<target dev='vdc' bus='virtio'/></disk></devices>"), 1)
+        stats = self.stats('running')
+        n = stats['block.count']
+        stats.update({'block.count': n + 1, 'block.%d.name' % n: 'vdc',
+                      'block.%d.rd.reqs' % n: 1, 'block.%d.rd.bytes' % n: 512,
+                      'block.%d.wr.reqs' % n: 0, 'block.%d.wr.bytes' % n: 0})
+        stats['vcpu.0.time'] = 0
+        _reading, usages = self.read()
+        self.assertEqual(2, self.parses.count('running'))
+        self.assertIn('vdc', [d.device for d in usages['running'].disks])
+        self.assertIsNone(usages['running'].vcpu_time_ns)
 
 
 class TestReadInstance(RecordedTestCase):
