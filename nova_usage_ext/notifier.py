@@ -15,8 +15,8 @@ nova-compute (where the usage driver registered its service) it also:
   ``compute.instance.exists``, and sends a versioned ``instance.usage``
   right after every versioned ``instance.exists`` (waiting for its
   delivery within ``[usage_ext] final_exists_budget``, so that it comes
-  before nova's next notification); the first of them closes the
-  instance's period;
+  before nova's next notification, unless older messages wait in the
+  outbox); the first of them closes the instance's period;
 - before ``compute.instance.delete.start`` or ``instance.delete.start``,
   reads the instance one last time and queues a final
   ``compute.instance.exists`` in the outbox, then waits for its delivery
