@@ -52,8 +52,11 @@ class TestGuestRestart(testtools.TestCase):
         dom.create()  # a new QEMU process: every counter restarts
         raw3, total3 = self.poll(svc)
         self.assertNotEqual(raw2.generation, raw3.generation)
-        self.assertLess(raw3.cpu_time_ns, raw2.cpu_time_ns)
-        # The totals went on growing by what the new process counted.
+        # The totals went on growing by what the new process counted, all
+        # of it (not its difference to the old process's last value:
+        # under load the new firmware can even count more than the old
+        # process had).
+        self.assertGreater(raw2.cpu_time_ns, 0)
         self.assertEqual(total2.cpu_time_ns + raw3.cpu_time_ns,
                          total3.cpu_time_ns)
         for name in ('read_bytes', 'read_requests'):
