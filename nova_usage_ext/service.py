@@ -130,7 +130,10 @@ class _Reads:
 
     Two daemon threads take them in turn: a hypervisor that hangs holds
     those two, never nova's threads, and never keeps nova-compute from
-    exiting.
+    exiting. One instance is read by one thread at a time: two stats
+    calls on one domain at once leave the second without the counters
+    that need the domain's job (NOWAIT), and when it ends first the
+    ledger takes the first's, older, as nothing new.
     """
 
     WORKERS = 2
@@ -142,6 +145,7 @@ class _Reads:
         self._read = read
         self._cond = threading.Condition()
         self._queue = []
+        self._reading = set()
         self._threads = []
         self._stopped = False
 
@@ -176,7 +180,7 @@ class _Reads:
             if self._stopped:
                 return False
             soon = [j for j in self._queue if j.get('soon')]
-            if (len(soon) >= self.MAX_SOON or
+            if (len(soon) >= self.MAX_SOON or uuid in self._reading or
                     any(j['uuid'] == uuid for j in soon)):
                 return False
             self._submit({'uuid': uuid, 'done': threading.Event(),
@@ -200,14 +204,23 @@ class _Reads:
             raise job['error']
         return job['usage']
 
+    def _next(self):
+        # Under self._cond: the first job of an instance not being read.
+        for i, job in enumerate(self._queue):
+            if job['uuid'] not in self._reading:
+                return self._queue.pop(i)
+        return None
+
     def _work(self):
         while True:
             with self._cond:
-                while not self._queue:
+                job = self._next()
+                while job is None:
                     if self._stopped:
                         return
                     self._cond.wait()
-                job = self._queue.pop(0)
+                    job = self._next()
+                self._reading.add(job['uuid'])
             try:
                 job['usage'] = self._read(job['uuid'])
             except Exception as exc:
@@ -216,6 +229,10 @@ class _Reads:
                     # Nobody waits for it: say it here.
                     LOG.debug('nova-usage-ext: reading instance %s after '
                               'an event failed: %s', job['uuid'], exc)
+            finally:
+                with self._cond:
+                    self._reading.discard(job['uuid'])
+                    self._cond.notify_all()
             job['done'].set()
 
 

@@ -91,26 +91,27 @@ class TestReadSoon(testtools.TestCase):
             return real(uuid, *args)
         self.useFixture(fixtures.MockPatchObject(
             self.reader, 'read_instance', side_effect=hang))
-        self.useFixture(fixtures.MockPatchObject(
-            usage_service._Reads, 'MAX_SOON', 2))
         began = time.monotonic()
         # Both workers take one and hang.
         self.assertTrue(self.service.read_soon(self.uuids[0]))
         self.assertTrue(self.service.read_soon(self.uuids[1]))
         for _ in range(2):
             self.assertTrue(hanging.acquire(timeout=5))
-        # The next waits, once per instance, two at most.
+        self.useFixture(fixtures.MockPatchObject(
+            usage_service._Reads, 'MAX_SOON', 1))
+        # The next waits, once per instance, one at most here; an instance
+        # being read is not queued again.
         self.assertTrue(self.service.read_soon(self.uuids[2]))
         self.assertFalse(self.service.read_soon(self.uuids[2]))
-        self.assertTrue(self.service.read_soon(self.uuids[0]))
-        self.assertFalse(self.service.read_soon(self.uuids[1]))
+        self.assertFalse(self.service.read_soon(self.uuids[0]))
+        self.assertFalse(self.service.read_soon(
+            '00000000-0000-0000-0000-00000000beef'))
         self.assertLess(time.monotonic() - began, 1)
         # The hook's own reads still queue (and time out on their own).
         self.assertIsNone(self.service.read_bounded(self.uuids[1], 0.05))
         release.set()
-        # Everything queued is read in the end.
-        for _ in range(2):
-            self.assertTrue(hanging.acquire(timeout=5))
+        # What was queued is read in the end.
+        self.assertTrue(hanging.acquire(timeout=5))
 
     def test_the_hook_s_reads_go_before_the_event_reads(self):
         self.useFixture(fixtures.MockPatchObject(
@@ -148,6 +149,37 @@ class TestReadSoon(testtools.TestCase):
             time.sleep(0.01)
         self.assertEqual(self.uuids[:1] + [self.uuids[2], self.uuids[1]],
                          order)
+
+    def test_one_instance_is_read_by_one_thread_at_a_time(self):
+        # Two stats calls on one domain at once: the second, under NOWAIT,
+        # would come back without the counters that need the domain's job.
+        release = threading.Event()
+        self.addCleanup(release.set)
+        at_once, most = [0], [0]
+        lock = threading.Lock()
+        real = self.reader.read_instance
+
+        def read(uuid, *args):
+            with lock:
+                at_once[0] += 1
+                most[0] = max(most[0], at_once[0])
+            release.wait(10)
+            try:
+                return real(uuid, *args)
+            finally:
+                with lock:
+                    at_once[0] -= 1
+        self.useFixture(fixtures.MockPatchObject(
+            self.reader, 'read_instance', side_effect=read))
+        uuid = self.uuids[0]
+        self.assertTrue(self.service.read_soon(uuid))
+        hook = threading.Thread(target=self.service.read_bounded,
+                                args=(uuid, 5))
+        hook.start()
+        time.sleep(0.1)
+        release.set()
+        hook.join()
+        self.assertEqual(1, most[0])
 
     def test_a_stopped_service_reads_nothing_more(self):
         self.service.stop()
