@@ -20,6 +20,9 @@ current period. A reading moves them as follows:
   know it), a drop is a reset and the raw value is added;
 * a kind that the reading does not hold (``InstanceUsage.kinds``) leaves
   its devices as they are: "not read" is never "no devices";
+* a reading older than the last one counted (two threads' readings end in
+  either order) counts only for the devices of its process that the
+  newer one did not hold (a disk busy under NOWAIT);
 * ``vcpu_time_ns`` read as the process's CPU time (vCPU entries missing
   from one reply) is not counted against a vCPU sum: the two count
   different things.
@@ -411,8 +414,11 @@ class Ledger:
                 instance.baseline_generation = usage.generation
             self._instances[usage.uuid] = instance
         elif read_at < instance.read_at:
-            # Two threads read and count independently: an older reading
-            # than the last one counted says nothing new.
+            # Two threads read and count independently, and end in either
+            # order: an older reading than the last one counted says
+            # nothing new, but for the devices the newer one did not hold
+            # (a disk busy under NOWAIT).
+            self._add_older(instance, usage, read_at)
             return
         self._dirty.add(usage.uuid)
         instance.read_at = read_at
@@ -446,6 +452,25 @@ class Ledger:
                               record, fresh)
             if usage.state not in _NO_PROCESS_STATES:
                 self._drop_missing(usage.uuid, dev_kind, devices, read_at)
+
+    def _add_older(self, instance, usage, read_at):
+        if usage.generation is None or usage.generation != \
+                instance.generation:
+            return
+        fresh = (instance.baseline_generation is not None and
+                 instance.generation == instance.baseline_generation)
+        for kind, dev_kind, attr, name_attr, names in DEVICE_KINDS:
+            if kind not in usage.kinds:
+                continue
+            devices = instance.devices[dev_kind]
+            for record in getattr(usage, attr):
+                device = devices.get(getattr(record, name_attr))
+                if device is None or device.seen_at >= read_at:
+                    continue
+                self._dirty.add(usage.uuid)
+                device.seen_at = read_at
+                self._advance(instance, usage.uuid, device.counters, names,
+                              record, fresh)
 
     def _advance_cpu(self, instance, usage, fresh):
         names = base.CPU_COUNTERS

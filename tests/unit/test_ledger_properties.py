@@ -285,3 +285,37 @@ class TestInvariant(testtools.TestCase):
                 self.assertEqual(
                     guest.growth[path], reported[guest.uuid][path] + now,
                     '%s %s' % (guest.uuid, path))
+
+
+class TestReadingsEndingOutOfOrder(testtools.TestCase):
+    """Two threads read one instance at once (the poll's bulk call and a
+    hook's read): the newer reading, under NOWAIT, may lack the disks,
+    and end first."""
+
+    def test_the_older_reading_counts_for_what_the_newer_lacked(self):
+        book = ledger.Ledger(state.Store(None))
+        guest = _Guest(UUIDS[0])
+        minute = datetime.timedelta(minutes=1)
+        book.update_one(guest.reading(T0, frozenset(base.ALL_KINDS)))
+        vda = ('disks', 'vda', 'read_bytes')
+        tap = ('interfaces', 'tap0', 'rx_bytes')
+        guest.true[vda] += 512
+        guest.true[tap] += 90
+        older = guest.reading(T0 + minute, frozenset(base.ALL_KINDS))
+        guest.true[tap] += 10
+        newer = guest.reading(T0 + 2 * minute,
+                              frozenset((base.CPU, base.INTERFACES)))
+        book.update_one(newer)
+        book.update_one(older)
+        totals = book.totals(UUIDS[0])
+        # The disk's rise, which only the older reading holds.
+        self.assertEqual(512, totals.disks['vda'].read_bytes)
+        # The interface: the newer reading's, not counted twice nor
+        # followed back down.
+        self.assertEqual(100, totals.interfaces['tap0'].rx_bytes)
+        self.assertEqual(T0 + 2 * minute, totals.read_at)
+        # A later reading goes on from the older one's disk value.
+        guest.true[vda] += 1024
+        book.update_one(guest.reading(T0 + 3 * minute,
+                                      frozenset(base.ALL_KINDS)))
+        self.assertEqual(1536, book.totals(UUIDS[0]).disks['vda'].read_bytes)
