@@ -174,6 +174,13 @@ class _Instance:
         self.closed = False
         self.drop_logged = False
 
+    @property
+    def fresh(self):
+        """Its counters first seen in this process count from their first
+        reading (no state at start)."""
+        return (self.baseline_generation is not None and
+                self.generation == self.baseline_generation)
+
     def all_counters(self):
         """(kind, device, name, counter); kind and device None for CPU."""
         for name, counter in self.counters.items():
@@ -434,10 +441,22 @@ class Ledger:
             instance.drop_logged = False
         if usage.generation is not None:
             instance.generation = usage.generation
-        fresh = (instance.baseline_generation is not None and
-                 instance.generation == instance.baseline_generation)
         if base.CPU in usage.kinds:
-            self._advance_cpu(instance, usage, fresh)
+            self._advance_cpu(instance, usage, instance.fresh)
+        self._advance_devices(instance, usage, read_at)
+
+    def _add_older(self, instance, usage, read_at):
+        if usage.generation is None or usage.generation != \
+                instance.generation:
+            return
+        if self._advance_devices(instance, usage, read_at, older=True):
+            self._dirty.add(usage.uuid)
+
+    def _advance_devices(self, instance, usage, read_at, older=False):
+        """Count the devices of the kinds ``usage`` holds; of a reading
+        ``older`` than the last counted, only those that the newer one did
+        not hold. Returns how many devices were counted."""
+        counted = 0
         for kind, dev_kind, attr, name_attr, names in DEVICE_KINDS:
             if kind not in usage.kinds:
                 continue
@@ -445,32 +464,18 @@ class Ledger:
             for record in getattr(usage, attr):
                 dev_name = getattr(record, name_attr)
                 device = devices.get(dev_name)
-                if device is None:
+                if older:
+                    if device is None or device.seen_at >= read_at:
+                        continue
+                elif device is None:
                     device = devices[dev_name] = _Device(read_at)
                 device.seen_at = read_at
                 self._advance(instance, usage.uuid, device.counters, names,
-                              record, fresh)
-            if usage.state not in _NO_PROCESS_STATES:
+                              record, instance.fresh)
+                counted += 1
+            if not older and usage.state not in _NO_PROCESS_STATES:
                 self._drop_missing(usage.uuid, dev_kind, devices, read_at)
-
-    def _add_older(self, instance, usage, read_at):
-        if usage.generation is None or usage.generation != \
-                instance.generation:
-            return
-        fresh = (instance.baseline_generation is not None and
-                 instance.generation == instance.baseline_generation)
-        for kind, dev_kind, attr, name_attr, names in DEVICE_KINDS:
-            if kind not in usage.kinds:
-                continue
-            devices = instance.devices[dev_kind]
-            for record in getattr(usage, attr):
-                device = devices.get(getattr(record, name_attr))
-                if device is None or device.seen_at >= read_at:
-                    continue
-                self._dirty.add(usage.uuid)
-                device.seen_at = read_at
-                self._advance(instance, usage.uuid, device.counters, names,
-                              record, fresh)
+        return counted
 
     def _advance_cpu(self, instance, usage, fresh):
         names = base.CPU_COUNTERS
