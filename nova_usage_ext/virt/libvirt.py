@@ -229,7 +229,6 @@ class _CachedDomain:
         names = set()
         if nova is not None:
             names.update(nova.disk_targets)
-            names.update(dev for dev, _serial in nova.disks)
             names.update(tap for tap, _mac in nova.interfaces if tap)
         self.device_names = names
 
@@ -501,10 +500,11 @@ class LibvirtUsageReader(base.UsageReader):
         """The parsed XML of a domain, from cache or parsed now."""
         domain_id = dom.ID()
         cached = self._cache.get(uuid)
-        if (cached is not None and cached.domain_id == domain_id and
-                all(name in cached.device_names or cached.nova is None
-                    for name in device_names if name)):
-            return cached.nova
+        same = self._same_process(uuid, domain_id)
+        if same is not None and all(
+                name in same.device_names or same.nova is None
+                for name in device_names if name):
+            return same.nova
         try:
             nova = domain_xml.parse(dom.XMLDesc(0))
         except domain_xml.MalformedMetadata as exc:
@@ -516,11 +516,17 @@ class LibvirtUsageReader(base.UsageReader):
             if nova is None and cached is None:
                 LOG.info('Domain %s (%s) has no nova metadata; it is not a '
                          'nova instance and is not reported', dom.name(), uuid)
-        ran = (cached.vcpus_ran if cached is not None and
-               cached.domain_id == domain_id else None)
         with self._cache_lock:
-            self._cache[uuid] = _CachedDomain(domain_id, nova, ran)
+            self._cache[uuid] = _CachedDomain(
+                domain_id, nova, same.vcpus_ran if same else None)
         return nova
+
+    def _same_process(self, uuid, domain_id):
+        """The cache entry of ``uuid`` if it is of this guest process."""
+        cached = self._cache.get(uuid)
+        if cached is not None and cached.domain_id == domain_id:
+            return cached
+        return None
 
     def _prune(self, seen):
         with self._cache_lock:
@@ -555,10 +561,8 @@ class LibvirtUsageReader(base.UsageReader):
         usage = self._usage(nova, state, read_at, stats.get('cpu.time'),
                             domain_id)
         if 'cpu.time' in stats:
-            cached = self._cache.get(nova.uuid)
-            ran = (cached.vcpus_ran if cached is not None and
-                   cached.domain_id == domain_id else None)
-            vcpus = vcpu_time(stats, ran)
+            same = self._same_process(nova.uuid, domain_id)
+            vcpus = vcpu_time(stats, same.vcpus_ran if same else None)
             if vcpus is VCPU_UNREAD:
                 # CPU not read this time: absent from this reading only
                 # (the process's time alone would make consumers that
