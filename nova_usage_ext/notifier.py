@@ -258,11 +258,8 @@ class UsageNotifierDriver(notifier.Driver):
             # (the shelve.start or delete.start that often follows). Not
             # behind a backlog: nova's audit sends one exists per
             # instance, and would wait the budget for each.
-            left = self.budget - (time.monotonic() - started)
-            if not service.delivery.wait_delivered(seq, left):
-                LOG.warning('nova-usage-ext: the instance.usage of %s was '
-                            'not delivered within %.1fs; it waits in the '
-                            'outbox', uuid, self.budget)
+            self._wait_delivered(service, seq, started, 'instance.usage',
+                                 uuid, '')
 
     # -- the final exists -------------------------------------------------
 
@@ -272,8 +269,14 @@ class UsageNotifierDriver(notifier.Driver):
                                   self.budget, reason=reason)
         if seq is None:
             return
+        self._wait_delivered(service, seq, started, 'final exists', uuid,
+                             ' and arrives after delete.start')
+
+    def _wait_delivered(self, service, seq, started, what, uuid, after):
+        """Wait for message ``seq`` for what is left of the budget since
+        ``started``; say so when it did not go."""
         left = self.budget - (time.monotonic() - started)
         if not service.delivery.wait_delivered(seq, left):
-            LOG.warning('nova-usage-ext: the final exists of %s was not '
-                        'delivered within %.1fs; it waits in the outbox and '
-                        'arrives after delete.start', uuid, self.budget)
+            LOG.warning('nova-usage-ext: the %s of %s was not delivered '
+                        'within %.1fs; it waits in the outbox%s', what, uuid,
+                        self.budget, after)
