@@ -14,6 +14,8 @@ import kombu
 import oslo_messaging
 from oslo_config import cfg
 
+from nova_usage_ext import conf as usage_conf
+
 RABBIT_URL = os.environ.get('NOVA_USAGE_EXT_RABBIT_URL',
                             'rabbit://guest:guest@127.0.0.1:5672/')
 
@@ -62,6 +64,20 @@ def drain(queue):
 def make_conf():
     conf = cfg.ConfigOpts()
     conf([], project='nova-usage-ext-tests')
+    return conf
+
+
+def nova_sender_conf():
+    """nova-compute's notifier configuration: RabbitMQ, on exchange
+    "nova" (nova's control_exchange, where ceilometer listens), with the
+    package's options registered."""
+    conf = make_conf()
+    usage_conf.register_opts(conf)
+    # Registers [oslo_messaging_notifications].
+    oslo_messaging.get_notification_transport(conf, url=RABBIT_URL).cleanup()
+    conf.set_override('control_exchange', 'nova')
+    conf.set_override('transport_url', RABBIT_URL,
+                      group='oslo_messaging_notifications')
     return conf
 
 

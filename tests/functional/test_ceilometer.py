@@ -27,7 +27,6 @@ from testtools import content
 
 from nova_usage_ext import ceilometer_endpoint
 from nova_usage_ext import ceilometer_meters
-from nova_usage_ext import conf as usage_conf
 from nova_usage_ext import exists
 from nova_usage_ext import host_usage
 from nova_usage_ext import ledger
@@ -347,13 +346,7 @@ class TestNotificationAgent(testtools.TestCase):
             os.path.join(tmp, 'samples.json')))
         # nova-compute's side: the notification drivers' sender on
         # exchange "nova", a listener of ours on a topic beside.
-        sender_conf = bus.make_conf()
-        usage_conf.register_opts(sender_conf)
-        oslo_messaging.get_notification_transport(
-            sender_conf, url=bus.RABBIT_URL).cleanup()
-        sender_conf.set_override('control_exchange', 'nova')
-        sender_conf.set_override('transport_url', bus.RABBIT_URL,
-                                 group='oslo_messaging_notifications')
+        sender_conf = bus.nova_sender_conf()
         listener = self.useFixture(bus.Listener(sender_conf))
         # nova's legacy notifier's topics, where ceilometer listens.
         sender_conf.set_override('topics', [topic, listener.topic],
@@ -410,13 +403,7 @@ class TestNotificationAgent(testtools.TestCase):
             os.path.join(tmp, 'samples.json')))
         # nova-compute's side: its notifier, through this package's driver,
         # on exchange "nova"; a listener of ours gets a copy.
-        sender = bus.make_conf()
-        usage_conf.register_opts(sender)
-        oslo_messaging.get_notification_transport(
-            sender, url=bus.RABBIT_URL).cleanup()
-        sender.set_override('control_exchange', 'nova')
-        sender.set_override('transport_url', bus.RABBIT_URL,
-                            group='oslo_messaging_notifications')
+        sender = bus.nova_sender_conf()
         sender.set_override('notification_drivers', ['messagingv2'],
                             group='usage_ext')
         listener = self.useFixture(bus.Listener(sender))

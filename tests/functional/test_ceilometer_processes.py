@@ -25,12 +25,10 @@ import time
 import uuid as uuidlib
 
 import fixtures
-import oslo_messaging
 import testtools
 import yaml
 from testtools import content
 
-from nova_usage_ext import conf as usage_conf
 from nova_usage_ext import host_usage
 from nova_usage_ext import ledger
 from nova_usage_ext import service as usage_service
@@ -171,13 +169,7 @@ class TestCeilometerProcesses(testtools.TestCase):
             time.sleep(0.5)
 
     def send_host_usage(self):
-        sender = bus.make_conf()
-        usage_conf.register_opts(sender)
-        oslo_messaging.get_notification_transport(
-            sender, url=bus.RABBIT_URL).cleanup()
-        sender.set_override('control_exchange', 'nova')
-        sender.set_override('transport_url', bus.RABBIT_URL,
-                            group='oslo_messaging_notifications')
+        sender = bus.nova_sender_conf()
         sender.set_override('topics', [self.topic],
                             group='oslo_messaging_notifications')
         reader = libvirt_usage.LibvirtUsageReader(

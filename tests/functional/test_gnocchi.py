@@ -22,7 +22,6 @@ import oslo_messaging
 import testtools
 from keystoneauth1 import loading as ka_loading
 
-from nova_usage_ext import conf as usage_conf
 from nova_usage_ext import exists
 from nova_usage_ext import host_usage
 from nova_usage_ext import ledger
@@ -78,13 +77,7 @@ class TestGnocchi(testtools.TestCase):
         (guest,) = guests.guests
 
         # nova-compute's side, on exchange "nova" and the agent's topic.
-        sender = bus.make_conf()
-        usage_conf.register_opts(sender)
-        oslo_messaging.get_notification_transport(
-            sender, url=bus.RABBIT_URL).cleanup()
-        sender.set_override('control_exchange', 'nova')
-        sender.set_override('transport_url', bus.RABBIT_URL,
-                            group='oslo_messaging_notifications')
+        sender = bus.nova_sender_conf()
         sender.set_override('notification_drivers', ['messagingv2'],
                             group='usage_ext')
         listener = self.useFixture(bus.Listener(sender))

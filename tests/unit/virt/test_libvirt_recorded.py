@@ -551,15 +551,10 @@ class TestOneParsePerProcess(RecordedTestCase):
 
     def setUp(self):
         super().setUp()
-        entry = self.entry('running')
-        entry['xml'] = entry['xml'].replace('</devices>', (
-            "<disk type='file' device='cdrom'><source file='/d/disk.config'/>"
-            "<target dev='hdd' bus='ide'/><readonly/></disk></devices>"), 1)
-        stats = self.stats('running')
-        n = stats['block.count']
-        stats.update({'block.count': n + 1, 'block.%d.name' % n: 'hdd',
-                      'block.%d.rd.reqs' % n: 3, 'block.%d.rd.bytes' % n: 9,
-                      'block.%d.wr.reqs' % n: 0, 'block.%d.wr.bytes' % n: 0})
+        self.add_disk("<disk type='file' device='cdrom'>"
+                      "<source file='/d/disk.config'/>"
+                      "<target dev='hdd' bus='ide'/><readonly/></disk>",
+                      'hdd', reqs=3, read=9)
         self.parses = []
         real = RecordedDomain.XMLDesc
 
@@ -568,6 +563,18 @@ class TestOneParsePerProcess(RecordedTestCase):
             return real(dom, flags)
         self.useFixture(fixtures.MockPatchObject(RecordedDomain, 'XMLDesc',
                                                  xml))
+
+    def add_disk(self, xml, name, reqs, read):
+        """A disk in the running guest's XML and in its stats reply."""
+        entry = self.entry('running')
+        entry['xml'] = entry['xml'].replace('</devices>',
+                                            xml + '</devices>', 1)
+        stats = self.stats('running')
+        n = stats['block.count']
+        stats.update({'block.count': n + 1, 'block.%d.name' % n: name,
+                      'block.%d.rd.reqs' % n: reqs,
+                      'block.%d.rd.bytes' % n: read,
+                      'block.%d.wr.reqs' % n: 0, 'block.%d.wr.bytes' % n: 0})
 
     def test_a_config_drive_costs_no_parse_and_the_vcpu_history_stays(self):
         for _ in range(3):
@@ -578,16 +585,11 @@ class TestOneParsePerProcess(RecordedTestCase):
                          [d.device for d in usages['running'].disks])
         # A volume attached: the XML is parsed again, the process's vCPU
         # history stays with it.
-        entry = self.entry('running')
-        entry['xml'] = entry['xml'].replace('</devices>', (
-            "<disk type='block' device='disk'><source dev='/dev/sdz'/>"
-            "<target dev='vdc' bus='virtio'/></disk></devices>"), 1)
-        stats = self.stats('running')
-        n = stats['block.count']
-        stats.update({'block.count': n + 1, 'block.%d.name' % n: 'vdc',
-                      'block.%d.rd.reqs' % n: 1, 'block.%d.rd.bytes' % n: 512,
-                      'block.%d.wr.reqs' % n: 0, 'block.%d.wr.bytes' % n: 0})
-        stats['vcpu.0.time'] = 0
+        self.add_disk("<disk type='block' device='disk'>"
+                      "<source dev='/dev/sdz'/>"
+                      "<target dev='vdc' bus='virtio'/></disk>",
+                      'vdc', reqs=1, read=512)
+        self.stats('running')['vcpu.0.time'] = 0
         _reading, usages = self.read()
         self.assertEqual(2, self.parses.count('running'))
         self.assertIn('vdc', [d.device for d in usages['running'].disks])
